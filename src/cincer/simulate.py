@@ -1,0 +1,205 @@
+"""Simulated cleaning runs: the paper's protocol with an oracle annotator, traced round by round."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import Dataset, flip_labels, load_dataset
+from .errors import CincerError
+from .influence import InfluenceConfig
+from .inspect import INSPECTORS
+from .learner import Learner
+from .loop import CleaningLoop, OracleAnnotator
+from .metrics import precision_at_k, test_metrics
+from .models import MODELS, TrainConfig, build_model
+from .select import SELECTORS
+
+PRECISION_KS = (5, 10, 25)
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a simulated run; the defaults are the paper's protocol (CINCER.md)."""
+
+    dataset: str = "breast"
+    model: str = "fullnet"
+    inspector: str = "margin"
+    threshold: float = 0.2
+    selector: str = "top_fisher"
+    noise: float = 0.2
+    noise_kind: str = "random"
+    known: int = 100
+    rounds: int = 100
+    repeats: int = 5
+    seed: int = 0
+    bits: int = 64
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fim_samples: int | None = None
+    damping: float = 0.0
+    full_fisher_max_params: int = 20_000
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        d = dict(d)
+        d["train"] = TrainConfig(**d.get("train", {}))
+        d["influence"] = InfluenceConfig(**d.get("influence", {}))
+        return cls(**d)
+
+    def validate(self) -> None:
+        MODELS[self.model], SELECTORS[self.selector], INSPECTORS[self.inspector]  # unknown names raise
+        if not 0.0 <= self.noise < 1.0:
+            raise CincerError(f"--noise must be in [0, 1), got {self.noise}")
+        if self.inspector == "margin" and not 0.0 < self.threshold < 1.0:
+            raise CincerError(f"--threshold must be in (0, 1) for the margin inspector, got {self.threshold}")
+        for name in ("known", "repeats"):
+            if getattr(self, name) < 1:
+                raise CincerError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.rounds < 0:
+            raise CincerError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.bits not in (32, 64):
+            raise CincerError(f"--bits must be 32 or 64, got {self.bits}")
+        if self.fim_samples is not None and self.fim_samples < 1:
+            raise CincerError(f"--fim-samples must be at least 1, got {self.fim_samples}")
+        if self.damping < 0:
+            raise CincerError(f"--damping must be >= 0, got {self.damping}")
+
+    def check_fits(self, data: Dataset) -> None:
+        if self.known + self.rounds > len(data.y_train):
+            raise CincerError(f"--known {self.known} + --rounds {self.rounds} exceeds the {len(data.y_train)} "
+                              f"training examples of {data.name}")
+
+
+def selector_params(config: RunConfig) -> dict:
+    return {"fim_samples": config.fim_samples, "damping": config.damping,
+            "max_params": config.full_fisher_max_params, "config": config.influence}
+
+
+def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None) -> list[dict]:
+    """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round."""
+    seed = config.seed + repeat
+    rng = np.random.default_rng(seed)
+    dtype = torch.float64 if config.bits == 64 else torch.float32
+    X = torch.as_tensor(data.X_train, dtype=dtype)
+    X_test = torch.as_tensor(data.X_test, dtype=dtype)
+    clean = data.y_train
+    noisy = flip_labels(clean, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
+    order = rng.permutation(len(clean))
+    known, stream = order[:config.known], order[config.known:config.known + config.rounds]
+
+    model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=seed, dtype=dtype)
+    learner = Learner(model, config.train, seed=seed)
+    loop = CleaningLoop(learner, X, noisy, known,
+                        inspect=INSPECTORS[config.inspector](threshold=config.threshold),
+                        select=SELECTORS[config.selector](**selector_params(config)), rng=rng)
+    oracle = OracleAnnotator(clean)
+    start = time.perf_counter()
+    loop.retrain()
+    totals = dict(queries=0, cleaned_suspicious=0, cleaned_ce=0, dropped=0, dropped_noisy=0,
+                  noisy_seen=0, disagreements=0, suspicious=0)
+    rows = [_row(repeat, 0, loop, clean, learner, X_test, data.y_test, totals, {}, start)]
+    for t, index in enumerate(stream, start=1):
+        round_start = time.perf_counter()
+        query = loop.observe(int(index))
+        totals["noisy_seen"] += int(noisy[index] != clean[index])
+        extra: dict = {}
+        if query is not None:
+            totals["suspicious"] += 1
+            totals["disagreements"] += int(query.prediction != query.label)
+            totals["queries"] += 1
+            extra = _query_record(query, clean, loop.labels, time.perf_counter() - round_start)
+            update = loop.apply(query, oracle(query))
+            ce = query.counterexample
+            totals["cleaned_suspicious"] += int(query.index in update.relabelled)
+            totals["cleaned_ce"] += int(ce in update.relabelled)
+            totals["dropped"] += len(update.dropped)
+            totals["dropped_noisy"] += sum(int(loop.labels[i] != clean[i]) for i in update.dropped)
+        fit_start = time.perf_counter()
+        loop.retrain()
+        extra["train_seconds"] = time.perf_counter() - fit_start
+        rows.append(_row(repeat, t, loop, clean, learner, X_test, data.y_test, totals, extra, start))
+        if progress is not None:
+            progress.update(1)
+    return rows
+
+
+def _query_record(query, clean: np.ndarray, labels: np.ndarray, select_seconds: float) -> dict:
+    """Per-query columns, judged on the labels at query time: the outcome case and the precision
+    of the counter-example ranking."""
+    ce = query.counterexample
+    record = {
+        "query_index": query.index, "margin": query.margin, "counterexample": -1 if ce is None else ce,
+        "label_ok": bool(query.label == clean[query.index]),
+        "prediction_ok": bool(query.prediction == clean[query.index]),
+        "ce_ok": float("nan") if ce is None else float(labels[ce] == clean[ce]),
+        "n_candidates": len(query.ranking), "select_seconds": select_seconds,
+    }
+    record["case"] = ",".join(f"{k}={'-' if v != v else ('right' if v else 'wrong')}"
+                              for k, v in (("label", record["label_ok"]), ("pred", record["prediction_ok"]),
+                                           ("ce", record["ce_ok"])))
+    is_noisy = labels != clean
+    for k in PRECISION_KS:
+        record[f"pr{k}"] = precision_at_k(query.ranking.indices, is_noisy, k)
+    return record
+
+
+def _row(repeat, t, loop, clean, learner, X_test, y_test, totals, extra, start) -> dict:
+    known = np.asarray(loop.known)
+    row = {"repeat": repeat, "round": t, **totals,
+           "cleaned": totals["cleaned_suspicious"] + totals["cleaned_ce"],
+           "n_known": len(known), "noisy_known": int(np.sum(loop.labels[known] != clean[known])),
+           **test_metrics(learner.predict_proba(X_test), y_test), **extra,
+           "elapsed_seconds": time.perf_counter() - start}
+    return row
+
+
+def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None) -> tuple[pd.DataFrame, dict]:
+    """All repeats of a run; returns the per-round trace and the summary."""
+    config.validate()
+    data = data or load_dataset(config.dataset, seed=config.seed)
+    config.check_fits(data)
+    start = time.perf_counter()
+    rows: list[dict] = []
+    with tqdm(total=config.repeats * config.rounds, disable=not progress, unit="round",
+              desc=f"{config.dataset}/{config.model}/{config.selector}") as bar:
+        for repeat in range(config.repeats):
+            rows += run_repeat(config, data, repeat, progress=bar)
+    trace = pd.DataFrame(rows)
+    return trace, summarize(trace, seconds=time.perf_counter() - start)
+
+
+def summarize(trace: pd.DataFrame, *, seconds: float) -> dict:
+    """Means and standard deviations over repeats of the first and last rounds."""
+    first = trace[trace["round"] == 0]
+    last = trace[trace["round"] == trace["round"].max()]
+    summary = {"repeats": int(trace["repeat"].nunique()), "rounds": int(trace["round"].max()),
+               "f1_initial_mean": first["f1"].mean(), "f1_initial_std": first["f1"].std(ddof=0)}
+    for col in ("f1", "precision", "recall", "ece", "cleaned", "cleaned_suspicious", "cleaned_ce",
+                "queries", "dropped", "noisy_known"):
+        summary[f"{col}_final_mean"] = last[col].mean()
+        summary[f"{col}_final_std"] = last[col].std(ddof=0)
+    for k in PRECISION_KS:
+        col = f"pr{k}"
+        summary[f"{col}_mean"] = trace[col].mean() if col in trace else float("nan")
+    summary["seconds"] = seconds
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
+
+
+def write_results(out: Path, config: RunConfig, trace: pd.DataFrame, summary: dict) -> None:
+    """``config.json`` (every setting and versions), ``trace.csv`` and ``summary.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"config": dataclasses.asdict(config),
+            "versions": {"cincer": __version__, "torch": torch.__version__, "numpy": np.__version__}}
+    (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+    trace.to_csv(out / "trace.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
