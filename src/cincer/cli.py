@@ -12,6 +12,14 @@ from .errors import CincerError
 COMMANDS = [
     "cincer.commands.run",
     "cincer.commands.data",
+    "cincer.commands.bench",
+    "cincer.commands.serve",
+    "cincer.commands.project",
+    "cincer.commands.export",
+    "cincer.commands.experiment",
+    "cincer.commands.sweep",
+    "cincer.commands.plot",
+    "cincer.commands.compare",
 ]
 
 
@@ -32,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from . import __version__  # noqa: PLC0415
 
     return f"cincer {__version__}"
 

@@ -25,6 +25,11 @@ from .models import MODELS, TrainConfig, build_model
 from .select import SELECTORS
 
 PRECISION_KS = (5, 10, 25)
+NAN = float("nan")
+# per-query columns, so every trace has the same columns whether or not anything was queried
+NO_QUERY = {"query_index": -1, "margin": NAN, "counterexample": -1, "label_ok": NAN, "prediction_ok": NAN,
+            "ce_ok": NAN, "n_candidates": 0, "select_seconds": NAN, "case": "",
+            **{f"pr{k}": NAN for k in PRECISION_KS}}
 
 
 @dataclass
@@ -107,12 +112,13 @@ def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm 
     loop.retrain()
     totals = dict(queries=0, cleaned_suspicious=0, cleaned_ce=0, dropped=0, dropped_noisy=0,
                   noisy_seen=0, disagreements=0, suspicious=0)
-    rows = [_row(repeat, 0, loop, clean, learner, X_test, data.y_test, totals, {}, start)]
+    rows = [_row(repeat, 0, loop, clean, learner, X_test, data.y_test, totals,
+                 {**NO_QUERY, "train_seconds": NAN}, start)]
     for t, index in enumerate(stream, start=1):
         round_start = time.perf_counter()
         query = loop.observe(int(index))
         totals["noisy_seen"] += int(noisy[index] != clean[index])
-        extra: dict = {}
+        extra = dict(NO_QUERY)
         if query is not None:
             totals["suspicious"] += 1
             totals["disagreements"] += int(query.prediction != query.label)
@@ -139,9 +145,9 @@ def _query_record(query, clean: np.ndarray, labels: np.ndarray, select_seconds: 
     ce = query.counterexample
     record = {
         "query_index": query.index, "margin": query.margin, "counterexample": -1 if ce is None else ce,
-        "label_ok": bool(query.label == clean[query.index]),
-        "prediction_ok": bool(query.prediction == clean[query.index]),
-        "ce_ok": float("nan") if ce is None else float(labels[ce] == clean[ce]),
+        "label_ok": float(query.label == clean[query.index]),
+        "prediction_ok": float(query.prediction == clean[query.index]),
+        "ce_ok": NAN if ce is None else float(labels[ce] == clean[ce]),
         "n_candidates": len(query.ranking), "select_seconds": select_seconds,
     }
     record["case"] = ",".join(f"{k}={'-' if v != v else ('right' if v else 'wrong')}"
