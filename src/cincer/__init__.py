@@ -14,8 +14,11 @@ from .loop import Answer, CleaningLoop, OracleAnnotator, Query
 from .models import MODELS, TrainConfig, build_model
 from .select import SELECTORS, Ranking
 from .simulate import RunConfig, run
+from .api import Cleaner, counterexamples, load_plugins, register_inspector, register_selector
+from . import compare as _compare  # noqa: F401,E402  (registers the cleanlab inspector)
 
 __all__ = [
+    "Cleaner", "counterexamples", "load_plugins", "register_inspector", "register_selector",
     "DATASETS", "INSPECTORS", "MODELS", "SELECTORS", "Answer", "CincerError", "CleaningLoop", "Dataset",
     "Learner", "OracleAnnotator", "Query", "Ranking", "RunConfig", "TrainConfig", "build_model",
     "flip_labels", "load_dataset", "run",
