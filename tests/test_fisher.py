@@ -12,6 +12,15 @@ from cincer.models import build_model
 TOL = 1e-8
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small LAPACK calls with 2 OpenMP threads on a shared 2-core machine can be 100x slower: use 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_top_layer(n_classes, n=12, hidden=5, seed=0):
     """Penultimate features, a random head and the autograd score of every example."""
     g = torch.Generator().manual_seed(seed)
@@ -135,3 +144,74 @@ def test_per_class_scores_shape_and_probs():
     scores, probs = per_class_scores(model, X, chunk=4)
     assert scores.shape == (len(X), 3, sum(p.numel() for p in model.parameters()))
     torch.testing.assert_close(probs.sum(1), torch.ones(len(X), dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- fast paths added for speed
+
+from cincer.fisher import head_kernel, reduced_fisher_blocks, sqrt_fisher_blocks, sum_free_basis  # noqa: E402
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 10])
+def test_reduced_blocks_factor_the_class_covariance_even_with_zero_probabilities(n_classes):
+    g = torch.Generator().manual_seed(n_classes)
+    P = torch.softmax(3 * torch.randn(6, n_classes, generator=g, dtype=torch.float64), dim=1)
+    P[0] = 0.0
+    P[0, 1] = 1.0                                   # a one-hot prediction: its block is exactly 0
+    Q = sum_free_basis(n_classes)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(n_classes - 1, dtype=torch.float64), atol=1e-14, rtol=0)
+    torch.testing.assert_close(Q.sum(0), torch.zeros(n_classes - 1, dtype=torch.float64), atol=1e-14, rtol=0)
+    R = reduced_fisher_blocks(P, Q)
+    L = Q @ R.transpose(1, 2)
+    expected = torch.diag_embed(P) - P[:, :, None] * P[:, None, :]
+    torch.testing.assert_close(L @ L.transpose(1, 2), expected, atol=TOL, rtol=0)
+    full = sqrt_fisher_blocks(P)
+    torch.testing.assert_close(full @ full.transpose(1, 2), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["dense", "gram"])
+@pytest.mark.parametrize("damping", [0.0, 0.2])
+def test_cholesky_certified_pinv_equals_eigh_and_direct_pinv(method, damping):
+    """Well-conditioned FIM: the Cholesky route is taken and agrees with eigh and with torch.linalg.pinv."""
+    n, hidden = (40, 4) if method == "dense" else (5, 30)   # dense: d_sub < n(C-1); gram: the opposite
+    H, W, b, y = random_top_layer(4, n=n, hidden=hidden, seed=3)
+    P = torch.softmax((H @ W.T + b) / 4, dim=1).detach()   # moderately confident: no eigenvalue near the cut-off
+    fisher = TopLayerFisher(H, P)
+    F = fisher.dense()
+    F_inv = (torch.linalg.pinv(F, rtol=1e-10, hermitian=True) if damping == 0
+             else torch.linalg.inv(F + damping * torch.eye(fisher.dim, dtype=F.dtype)))
+    G = top_layer_scores(H, P, y).reshape(n, -1)
+    expected = F_inv @ G[:3].T
+    fast = FisherSolver(fisher, damping=damping)
+    slow = FisherSolver(fisher, damping=damping, factorization="eigh")
+    assert fast.method == method and fast.factorization == "cholesky"
+    assert slow.factorization == ("eigh" if damping == 0 else "cholesky")
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(fast.solve(G[:3].T), expected, atol=TOL * scale, rtol=0)
+    torch.testing.assert_close(slow.solve(G[:3].T), expected, atol=TOL * scale, rtol=0)
+    torch.testing.assert_close(fast.solve(G[0]), expected[:, 0], atol=TOL * scale, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["dense", "gram"])
+def test_singular_fisher_falls_back_to_eigh_pseudo_inverse(method):
+    """Duplicated known examples make the Gram matrix singular; too few make the dense one singular."""
+    n, hidden = (3, 6) if method == "dense" else (4, 30)
+    H, W, b, y = random_top_layer(3, n=n, hidden=hidden, seed=4)
+    if method == "gram":
+        H = torch.cat([H, H])                       # Gram matrix of rank <= half its size
+    P = torch.softmax(H @ W.T + b, dim=1).detach()
+    fisher = TopLayerFisher(H, P)
+    solver = FisherSolver(fisher, method=method)
+    assert solver.factorization == "eigh"
+    g = top_layer_scores(H[:1], P[:1], y[:1])[0].reshape(-1)
+    expected = torch.linalg.pinv(fisher.dense(), rtol=1e-10, hermitian=True) @ g
+    torch.testing.assert_close(solver.solve(g), expected, atol=TOL * expected.abs().max().item(), rtol=0)
+
+
+def test_head_kernel_computes_probabilities_on_the_fly():
+    H, W, b, y = random_top_layer(5, n=40, hidden=6, seed=5)
+    W, b = W.detach(), b.detach()
+    P = torch.softmax(H @ W.T + b, dim=1)
+    V = torch.randn(5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    expected = top_layer_scores(H, P, y).reshape(40, -1) @ V.reshape(-1)
+    torch.testing.assert_close(head_kernel(V, H, W, b, y, chunk=9), expected, atol=TOL, rtol=0)
+    torch.testing.assert_close(top_layer_kernel(V, H, P, y, chunk=9), expected, atol=TOL, rtol=0)

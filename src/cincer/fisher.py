@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 DEFAULT_RTOL = 1e-10  # eigenvalues below rtol * largest are treated as zero by the pseudo-inverse
-DEFAULT_CHUNK = 65536
+DEFAULT_CHUNK = 8192
 
 
 # --------------------------------------------------------------------------- top layer, closed form
@@ -47,28 +47,74 @@ def top_layer_kernel(V: torch.Tensor, H: torch.Tensor, P: torch.Tensor, y: torch
     """``<V, g_k>`` for every row k of ``(H, P, y)`` without forming the ``g_k``.
 
     ``V`` is ``(C, H + 1)`` (one query) or ``(q, C, H + 1)`` (q queries, result ``(q, N)``).
-    ``<V, (e_y - p) (x) h~> = (e_y - p)^T V h~``: two small matrix products per chunk, so memory
-    stays at one chunk of ``(N, C)`` whatever the number of candidates.
+    ``<V, (e_y - p) (x) h~> = (e_y - p)^T V h~``: one matrix product, a gather and a row-wise dot per
+    chunk, so memory beyond the result stays at one chunk of ``(chunk, q C)`` whatever ``N`` is.
     """
     single = V.dim() == 2
     Vq = V[None] if single else V
     q, C, A = Vq.shape
-    W, b = Vq[:, :, :-1].reshape(q * C, A - 1), Vq[:, :, -1].reshape(q * C)
-    out = []
+    Wt = Vq[:, :, :-1].reshape(q * C, A - 1).T.contiguous()   # (H, qC)
+    b = Vq[:, :, -1].reshape(q * C)
+    out = H.new_empty(q, len(H))
     for start in range(0, len(H), chunk):
-        Hc, Pc, yc = H[start:start + chunk], P[start:start + chunk], y[start:start + chunk]
-        Z = (Hc @ W.T + b).view(len(Hc), q, C)           # V h~ for every (candidate, query)
-        picked = Z[torch.arange(len(Hc)), :, yc]           # (n, q): (e_y)^T V h~
-        expected = torch.einsum("nqc,nc->nq", Z, Pc)       # p^T V h~
-        out.append(picked - expected)
-    K = torch.cat(out).T if out else H.new_zeros(q, 0)
-    return K[0] if single else K
+        stop = min(start + chunk, len(H))
+        Z = torch.addmm(b, H[start:stop], Wt)                   # V h~ for every (candidate, query)
+        Pc, yc = P[start:stop], y[start:stop]
+        if q == 1:
+            picked = Z.gather(1, yc[:, None])[:, 0]             # (e_y)^T V h~
+            torch.sub(picked, (Z * Pc).sum(1), out=out[0, start:stop])   # minus p^T V h~
+        else:
+            Z = Z.view(stop - start, q, C)
+            picked = Z.gather(2, yc.view(-1, 1, 1).expand(-1, q, 1))[:, :, 0]
+            out[:, start:stop] = (picked - torch.bmm(Z, Pc[:, :, None])[:, :, 0]).T
+    return out[0] if single else out
+
+
+def head_kernel(V: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, y: torch.Tensor,
+                *, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """``<V, g_k>`` for every row of the cached features ``H``, computing ``p_k`` on the fly.
+
+    One pass over ``H``: per chunk a single matrix product with ``[weight; V_W]`` gives the logits and
+    ``V h~`` together, so nothing of size ``(N, C)`` outlives a chunk and no score vector is formed.
+    ``V`` is ``(C, H + 1)``; ``weight``/``bias`` are the head's (``(C, H)``, ``(C,)``). Result ``(N,)``.
+    """
+    C = weight.shape[0]
+    stacked = torch.cat([weight, V[:, :-1]]).T.contiguous()   # (H, 2C)
+    offset = torch.cat([bias, V[:, -1]])
+    out = H.new_empty(len(H))
+    for start in range(0, len(H), chunk):
+        stop = min(start + chunk, len(H))
+        Z = torch.addmm(offset, H[start:stop], stacked)        # [logits | V h~]
+        E = Z[:, :C]
+        E = (E - E.amax(1, keepdim=True)).exp_()              # unnormalised softmax
+        proj = Z[:, C:]
+        picked = proj.gather(1, y[start:stop, None])[:, 0]
+        torch.sub(picked, (E * proj).sum(1) / E.sum(1), out=out[start:stop])
+    return out
 
 
 def sqrt_fisher_blocks(P: torch.Tensor) -> torch.Tensor:
     """``L_i`` with ``L_i L_i^T = diag(p_i) - p_i p_i^T``: ``L = diag(sqrt p) - p sqrt(p)^T`` (uses sum p = 1)."""
     s = P.clamp_min(0).sqrt()
     return torch.diag_embed(s) - P[:, :, None] * s[:, None, :]
+
+
+def sum_free_basis(C: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``(C, C - 1)`` orthonormal basis of the vectors whose entries sum to 0 (``1^perp``).
+
+    Every ``diag p - p p^T`` maps ``1`` to 0, so the top-layer FIM lives in ``1^perp (x) R^(H+1)``.
+    """
+    centred = torch.eye(C, dtype=torch.float64) - 1.0 / C
+    return torch.linalg.qr(centred[:, :C - 1]).Q.to(dtype)
+
+
+def reduced_fisher_blocks(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``R_i`` (``(C-1) x (C-1)``, upper triangular) with ``R_i^T R_i = Q^T (diag p_i - p_i p_i^T) Q``.
+
+    From a QR of ``(Q^T L_i)^T``: no eigendecomposition, exact even when ``p_i`` has zeros.
+    """
+    B = Q.T @ sqrt_fisher_blocks(P)                       # (n, C-1, C), B B^T = Q^T A_i Q
+    return torch.linalg.qr(B.transpose(1, 2), mode="r").R
 
 
 class FisherFactor(Protocol):
@@ -86,37 +132,65 @@ class FisherFactor(Protocol):
 
 class TopLayerFisher:
     """The true FIM of the last linear layer, in factored (Kronecker-sum) form; nothing ``d x d`` is built
-    unless the dense route is the cheaper one."""
+    unless the dense route is the cheaper one.
+
+    The factor uses ``C - 1`` columns per example (``L_i = Q R_i^T``, see :func:`reduced_fisher_blocks`),
+    because ``1`` is in the null space of every class block; :meth:`project` / :meth:`lift` map to and
+    from the ``(C - 1)(H + 1)``-dimensional subspace that contains the whole range of ``F``.
+    """
 
     def __init__(self, H: torch.Tensor, P: torch.Tensor) -> None:
         self.Ht = augment(H)                 # (n, A)
-        self.L = sqrt_fisher_blocks(P)       # (n, C, C)
         self.n, self.A = self.Ht.shape
         self.C = P.shape[1]
+        self.Q = sum_free_basis(self.C, P.dtype)             # (C, C-1)
+        self.R = reduced_fisher_blocks(P, self.Q)           # (n, C-1, C-1)
+        self.L = self.Q @ self.R.transpose(1, 2)            # (n, C, C-1): L_i L_i^T = diag p_i - p_i p_i^T
         self.dim = self.C * self.A
-        self.rank_bound = self.n * self.C
+        self.sub_dim = (self.C - 1) * self.A
+        self.rank_bound = self.n * (self.C - 1)
 
     def rmatvec(self, v: torch.Tensor) -> torch.Tensor:
         Z = torch.einsum("na,caq->ncq", self.Ht, v.reshape(self.C, self.A, -1))  # V h~_i
-        out = torch.einsum("nec,neq->ncq", self.L, Z).reshape(self.rank_bound, -1)  # L_i^T V h~_i
+        out = torch.einsum("ncr,ncq->nrq", self.L, Z).reshape(self.rank_bound, -1)  # L_i^T V h~_i
         return out[:, 0] if v.dim() == 1 else out
 
     def matvec(self, w: torch.Tensor) -> torch.Tensor:
-        Wq = w.reshape(self.n, self.C, -1)
-        LW = torch.einsum("nce,neq->ncq", self.L, Wq)          # L_i w_i
+        Wq = w.reshape(self.n, self.C - 1, -1)
+        LW = torch.einsum("ncr,nrq->ncq", self.L, Wq)          # L_i w_i
         out = torch.einsum("ncq,na->caq", LW, self.Ht).reshape(self.dim, -1)
         return out[:, 0] if w.dim() == 1 else out
 
     def gram(self) -> torch.Tensor:
-        LL = torch.einsum("iec,jed->icjd", self.L, self.L)
+        LL = torch.einsum("icr,jcs->irjs", self.L, self.L)
         K = self.Ht @ self.Ht.T
-        return (LL * K[:, None, :, None]).reshape(self.rank_bound, self.rank_bound)
+        m = self.rank_bound
+        return (LL * K[:, None, :, None]).reshape(m, m)
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """``(Q^T (x) I) v``: coordinates in the subspace holding the range of ``F``."""
+        out = torch.einsum("cr,caq->raq", self.Q, v.reshape(self.C, self.A, -1)).reshape(self.sub_dim, -1)
+        return out[:, 0] if v.dim() == 1 else out
+
+    def lift(self, w: torch.Tensor) -> torch.Tensor:
+        """``(Q (x) I) w``, the inverse of :meth:`project` on that subspace."""
+        out = torch.einsum("cr,raq->caq", self.Q, w.reshape(self.C - 1, self.A, -1)).reshape(self.dim, -1)
+        return out[:, 0] if w.dim() == 1 else out
+
+    def dense_sub(self) -> torch.Tensor:
+        """``(Q^T (x) I) F (Q (x) I) = mean_i R_i^T R_i (x) h~_i h~_i^T``, ``(C-1)(H+1)`` square."""
+        return _kron_sum(self.R.transpose(1, 2) @ self.R, self.Ht)
 
     def dense(self) -> torch.Tensor:
-        A = self.L @ self.L.transpose(1, 2)                                   # diag p - p p^T
-        outer = (self.Ht[:, :, None] * self.Ht[:, None, :]).reshape(self.n, -1)
-        F = (A.reshape(self.n, -1).T @ outer).reshape(self.C, self.C, self.A, self.A)
-        return F.permute(0, 2, 1, 3).reshape(self.dim, self.dim) / self.n
+        return _kron_sum(self.L @ self.L.transpose(1, 2), self.Ht)
+
+
+def _kron_sum(blocks: torch.Tensor, Ht: torch.Tensor) -> torch.Tensor:
+    """``mean_i blocks_i (x) h~_i h~_i^T`` as a dense matrix (class-major, like the score vectors)."""
+    n, c, A = len(Ht), blocks.shape[1], Ht.shape[1]
+    outer = (Ht[:, :, None] * Ht[:, None, :]).reshape(n, -1)
+    F = (blocks.reshape(n, -1).T @ outer).reshape(c, c, A, A)
+    return F.permute(0, 2, 1, 3).reshape(c * A, c * A) / n
 
 
 class ExplicitFisher:
@@ -142,49 +216,100 @@ class ExplicitFisher:
 class FisherSolver:
     """Applies ``F^+`` (``damping == 0``, the paper's pseudo-inverse) or ``(F + damping I)^{-1}``.
 
-    Factorises once (an eigendecomposition, or a Cholesky for the damped case) in whichever space is
-    smaller: the parameters (``d x d``) or the Gram matrix of the factor (``m x m``, Woodbury).
+    Factorises once in whichever space is smaller: the parameters (``d x d``; for the top layer the
+    ``(C-1)(H+1)`` subspace that holds the range of ``F``) or the Gram matrix of the factor
+    (``m x m``, Woodbury). The pseudo-inverse needs an eigendecomposition only when the matrix is
+    (numerically) singular: ``factorization="auto"`` first tries to certify with two Cholesky
+    factorisations that every eigenvalue is above the cut-off, in which case ``S^+ = S^{-1}``
+    (about ten times cheaper than ``eigh``); ``"eigh"`` always decomposes.
     """
 
     def __init__(self, factor: FisherFactor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL,
-                 method: str = "auto") -> None:
+                 method: str = "auto", factorization: str = "auto") -> None:
         if damping < 0:
             raise ValueError(f"damping must be >= 0, got {damping}")
+        if factorization not in ("auto", "eigh"):
+            raise ValueError(f"unknown factorization {factorization!r} (auto, eigh)")
         self.factor, self.damping, self.rtol = factor, damping, rtol
-        self.method = ("dense" if factor.dim <= factor.rank_bound else "gram") if method == "auto" else method
+        self._sub = hasattr(factor, "project")   # the range of F lies in a known subspace
+        dim = factor.sub_dim if self._sub else factor.dim
+        self.method = ("dense" if dim <= factor.rank_bound else "gram") if method == "auto" else method
         if self.method == "dense":
-            F = factor.dense()
+            S = factor.dense_sub() if self._sub else factor.dense()
             if damping > 0:
-                self._chol = torch.linalg.cholesky(F + damping * torch.eye(len(F), dtype=F.dtype))
+                self._inv = _Inverse.cholesky(S + damping * torch.eye(len(S), dtype=S.dtype))
             else:
-                self._eig = _pinv_eig(F, rtol)
+                self._inv = _Inverse.pinv(S, rtol, factorization)
         elif self.method == "gram":
             M = factor.gram()
             if damping > 0:  # (UU^T/n + l I)^{-1} = (I - U (n l I + M)^{-1} U^T) / l
-                self._chol = torch.linalg.cholesky(M + factor.n * damping * torch.eye(len(M), dtype=M.dtype))
+                self._inv = _Inverse.cholesky(M + factor.n * damping * torch.eye(len(M), dtype=M.dtype))
             else:            # (UU^T/n)^+ = n U (M^+)^2 U^T
-                vals, vecs = _pinv_eig(M, rtol)
-                self._eig = (vals ** 2, vecs)
+                self._inv = _Inverse.pinv(M, rtol, factorization)
         else:
             raise ValueError(f"unknown method {method!r}")
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
         """``F^{-1} v`` for ``v`` of shape ``(d,)`` or ``(d, q)``."""
-        if self.method == "dense":
-            if self.damping > 0:
-                return _chol_solve(self._chol, v)
-            return _apply_eig(self._eig, v)
         f = self.factor
+        if self.method == "dense":
+            if not self._sub:
+                return self._inv(v)
+            w = f.project(v)
+            out = f.lift(self._inv(w))
+            if self.damping > 0:   # F is 0 on the complement of the subspace
+                out = out + (v - f.lift(w)) / self.damping
+            return out
         if self.damping > 0:
-            return (v - f.matvec(_chol_solve(self._chol, f.rmatvec(v)))) / self.damping
-        return f.n * f.matvec(_apply_eig(self._eig, f.rmatvec(v)))
+            return (v - f.matvec(self._inv(f.rmatvec(v)))) / self.damping
+        return f.n * f.matvec(self._inv(self._inv(f.rmatvec(v))))
+
+    @property
+    def factorization(self) -> str:
+        """``"cholesky"`` or ``"eigh"``: what the inverse actually used."""
+        return self._inv.kind
+
+
+class _Inverse:
+    """``S^{-1}`` or ``S^+`` of a symmetric PSD matrix, from a Cholesky factor or an eigendecomposition."""
+
+    def __init__(self, kind: str, data: tuple[torch.Tensor, ...]) -> None:
+        self.kind, self.data = kind, data
+
+    @classmethod
+    def cholesky(cls, S: torch.Tensor) -> "_Inverse":
+        return cls("cholesky", (torch.linalg.cholesky(S),))
+
+    @classmethod
+    def pinv(cls, S: torch.Tensor, rtol: float, factorization: str = "auto") -> "_Inverse":
+        """Certified fast path: if ``S - tau I`` is positive definite with ``tau = 2 rtol trace(S)``
+        (``trace >= lambda_max``), no eigenvalue falls below the pseudo-inverse's cut-off and
+        ``S^+ = S^{-1}``; otherwise (or when asked) eigendecompose."""
+        if factorization == "auto" and len(S):
+            tau = 2.0 * rtol * torch.diagonal(S).sum().clamp_min(0)
+            eye = torch.eye(len(S), dtype=S.dtype)
+            _, shifted_info = torch.linalg.cholesky_ex(S - tau * eye)
+            if int(shifted_info) == 0:
+                chol, info = torch.linalg.cholesky_ex(S)
+                if int(info) == 0:
+                    return cls("cholesky", (chol,))
+        return cls("eigh", _pinv_eig(S, rtol))
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if self.kind == "cholesky":
+            return _chol_solve(self.data[0], v)
+        return _apply_eig(self.data, v)
 
 
 def _pinv_eig(S: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse eigenvalues (0 below the cut-off) and eigenvectors of a symmetric PSD matrix."""
-    vals, vecs = torch.linalg.eigh(S)
-    keep = vals > rtol * vals.abs().max().clamp_min(torch.finfo(S.dtype).tiny)
-    return torch.where(keep, 1.0 / torch.where(keep, vals, 1.0), 0.0), vecs
+    """Inverse eigenvalues (0 below the cut-off) and eigenvectors of a symmetric PSD matrix.
+
+    Decomposed in float64 whatever the model's precision: LAPACK's float32 ``syevd`` fails to
+    converge on the nearly singular FIMs of confident float32 models."""
+    vals, vecs = torch.linalg.eigh(S.double())
+    keep = vals > rtol * vals.abs().max().clamp_min(torch.finfo(vals.dtype).tiny)
+    inv_vals = torch.where(keep, 1.0 / torch.where(keep, vals, 1.0), 0.0)
+    return inv_vals.to(S.dtype), vecs.to(S.dtype)
 
 
 def _apply_eig(eig: tuple[torch.Tensor, torch.Tensor], v: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Influence functions: inverse-Hessian-vector products of the training loss.
 
 The Hessian is that of the mean cross-entropy over the known examples; Hessian-vector products
-are forward-over-reverse (``torch.func.jvp`` of ``grad``), never a Python loop over examples.
+are reverse-over-reverse (``torch.func.vjp`` of ``grad``, the gradient's graph reused by every product)
+or forward-over-reverse (``jvp`` of ``grad``), never a Python loop over examples.
 Solvers: LiSSA (the paper's baseline), conjugate gradients (SciPy) and an exact dense solve.
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, cg
 from torch import nn
-from torch.func import functional_call, grad, hessian, jvp
+from torch.func import functional_call, grad, hessian, jvp, vjp
 
 from .fisher import parameters_of
 
@@ -58,12 +59,23 @@ def training_loss(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> Callabl
     return loss
 
 
-def hvp_fn(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> HVP:
-    """``v -> H v`` for the training loss at the model's current parameters."""
+def hvp_fn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, mode: str = "rev") -> HVP:
+    """``v -> H v`` for the training loss at the model's current parameters.
+
+    ``mode="rev"`` (default): reverse-over-reverse, ``torch.func.vjp`` of ``grad`` -- the gradient's
+    graph is built once and every product is one backward pass through it (``H`` is symmetric, so
+    ``v^T H = (H v)^T``); about three times cheaper than ``"fwd"`` (``jvp`` of ``grad``, which redoes
+    the forward and backward passes for every product) when LiSSA or CG needs many products.
+    """
     loss = training_loss(model, X, y)
     theta = _flatten(parameters_of(model))
     gradient = grad(loss)
-    return lambda v: jvp(gradient, (theta,), (v,))[1]
+    if mode == "fwd":
+        return lambda v: jvp(gradient, (theta,), (v,))[1]
+    if mode != "rev":
+        raise ValueError(f"unknown HVP mode {mode!r} (rev, fwd)")
+    _, pullback = vjp(gradient, theta)
+    return lambda v: pullback(v)[0]
 
 
 def exact_hessian(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

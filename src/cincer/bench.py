@@ -1,0 +1,618 @@
+"""Speed benchmark: the fast paths of :mod:`cincer.fisher` / :mod:`cincer.select` against naive baselines.
+
+Every naive baseline computes the same formula the way the paper's code did: a Python loop over the
+candidates, one ``torch.autograd.grad`` per candidate, then a dot product with ``F^+ g_t`` (or
+``H^{-1} g_t``). Fast and naive are timed in the same process, one after the other, so their ratio
+is meaningful even on a shared, noisy machine. ``run_benchmark`` returns a JSON-able dict;
+:mod:`cincer.commands.bench` prints it as a table. ``check_*`` functions return the largest
+discrepancy between a fast path and its baseline (used by the tests).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .fisher import FisherSolver, TopLayerFisher, head_kernel, top_layer_kernel, top_layer_scores
+from .influence import InfluenceConfig
+
+
+@dataclass
+class BenchConfig:
+    """Sizes of every section; ``quick()`` is the CI / smoke-test size."""
+
+    seed: int = 0
+    sizes: tuple[int, ...] = (100, 1_000, 10_000, 100_000, 1_000_000)   # section 1: number of candidates
+    naive_max: int = 1_000          # section 1: naive baseline timed on at most this many candidates
+    fim_known: int = 200            # known examples in every FIM
+    hidden: int = 32                # section 1: fullnet's penultimate width
+    n_classes: int = 10
+    repeats: int = 5                # timed repetitions (median reported)
+    mnist_pinv_eigh: bool = True    # section 2: also time the always-eigh pinv
+    datasets: tuple[str, ...] = ("breast", "mnist")   # section 3
+    round_cases: tuple[tuple[str, str, str, int], ...] = (   # section 4: dataset, model, mode, rounds
+        ("breast", "fullnet", "paper", 10), ("breast", "fullnet", "fast", 10),
+        ("mnist", "convnet", "paper", 3), ("mnist", "convnet", "fast", 5))
+    fast_epochs: int = 10
+    train_epochs: int = 100         # paper: 100 epochs from the initial weights
+    q1: bool = True                 # section 5
+    q1_log: str = "/tmp/breast_top_fisher.log"
+    sections: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+    @classmethod
+    def quick(cls, **kw) -> "BenchConfig":
+        base = dict(sizes=(100, 10_000, 100_000), naive_max=200, repeats=3, mnist_pinv_eigh=False,
+                    round_cases=(("breast", "fullnet", "paper", 2), ("breast", "fullnet", "fast", 2)),
+                    q1=False)
+        base.update(kw)
+        return cls(**base)
+
+
+# --------------------------------------------------------------------------- measuring
+
+def machine() -> dict:
+    """CPU model, cores, thread count and library versions."""
+    cpu = platform.processor() or ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"model name\s*:\s*(.+)", text)
+        cpu = found.group(1).strip() if found else cpu
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {"cpu": cpu, "cores": os.cpu_count(), "affinity_cores": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "cincer": __version__,
+            "load_average_at_start": [round(x, 2) for x in load]}
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], object]:
+    """Median wall time of ``repeats`` calls (after one warm-up call), all times, and the last result.
+
+    The CPU time of the same calls is kept in :data:`LAST_CPU` (median): on a shared machine the
+    wall time includes waiting for a core, the CPU time does not.
+    """
+    global LAST_CPU
+    result = fn()
+    times, cpu = [], []
+    for _ in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fn()
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    LAST_CPU = statistics.median(cpu)
+    return statistics.median(times), times, result
+
+
+LAST_CPU = float("nan")
+
+
+def _rss_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_extra_memory(fn: Callable[[], object]) -> tuple[int | None, object]:
+    """Bytes by which the resident set's high-water mark rose while ``fn`` ran (Linux; ``None`` elsewhere).
+
+    torch tensors bypass ``tracemalloc``, so this resets the kernel's peak-RSS counter
+    (``/proc/self/clear_refs``) and reads ``VmHWM`` after the call.
+    """
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None, fn()
+    before = _rss_kib("VmRSS")
+    result = fn()
+    peak = _rss_kib("VmHWM")
+    if before is None or peak is None:
+        return None, result
+    return max(0, peak - before) * 1024, result
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- naive baselines (autograd, per candidate)
+
+def _head_params(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return weight.detach().clone().requires_grad_(True), bias.detach().clone().requires_grad_(True)
+
+
+def naive_top_score(weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, label: int) -> torch.Tensor:
+    """``grad log P(label | h)`` over the head by autograd, flattened like :func:`top_layer_scores`."""
+    logp = torch.log_softmax(h @ weight.T + bias, dim=0)[label]
+    gW, gb = torch.autograd.grad(logp, (weight, bias))
+    return torch.cat([gW, gb[:, None]], dim=1).reshape(-1)
+
+
+def naive_top_fisher_vector(weight: torch.Tensor, bias: torch.Tensor, H_known: torch.Tensor,
+                            h_t: torch.Tensor, y_t: int, *, rtol: float = 1e-10) -> torch.Tensor:
+    """The paper's way to get ``F^+ g_t``: dense FIM from autograd scores of every (example, class),
+    then ``pinv``."""
+    W, b = _head_params(weight, bias)
+    with torch.no_grad():
+        P = torch.softmax(H_known @ weight.T + bias, dim=1)
+    d = W.numel() + b.numel()
+    F = torch.zeros(d, d, dtype=H_known.dtype)
+    for i, h in enumerate(H_known):
+        for c in range(P.shape[1]):
+            s = naive_top_score(W, b, h, c)
+            F += P[i, c] * torch.outer(s, s)
+    F /= len(H_known)
+    return torch.linalg.pinv(F, rtol=rtol, hermitian=True) @ naive_top_score(W, b, h_t, y_t)
+
+
+def naive_top_kernel(weight: torch.Tensor, bias: torch.Tensor, v: torch.Tensor, H: torch.Tensor,
+                     y: torch.Tensor) -> torch.Tensor:
+    """``g_k^T v`` by one autograd call per candidate."""
+    W, b = _head_params(weight, bias)
+    return torch.stack([naive_top_score(W, b, h, int(label)) @ v for h, label in zip(H, y)])
+
+
+def naive_scores_dot(model: torch.nn.Module, v: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``g_k^T v`` over all parameters, one ``torch.autograd.grad`` per candidate."""
+    model.eval()
+    params = list(model.parameters())
+    out = []
+    for x, label in zip(X, y):
+        logp = torch.log_softmax(model(x[None])[0], dim=0)[label]
+        out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(logp, params)]) @ v)
+    return torch.stack(out) if out else v.new_zeros(0)
+
+
+def naive_score(model: torch.nn.Module, x: torch.Tensor, label: int) -> torch.Tensor:
+    model.eval()
+    logp = torch.log_softmax(model(x[None])[0], dim=0)[label]
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(logp, list(model.parameters()))])
+
+
+def naive_lissa(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, v: torch.Tensor,
+                config: InfluenceConfig) -> torch.Tensor:
+    """LiSSA with Hessian-vector products by double backward (``create_graph=True``), as in Koh & Liang."""
+    model.eval()
+    params = list(model.parameters())
+
+    def hvp(vec: torch.Tensor) -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(model(X), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        return torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat @ vec, params)])
+
+    estimates = []
+    for _ in range(config.samples):
+        h = v.clone()
+        for _ in range(config.depth):
+            h = v + (1.0 - config.damping) * h - hvp(h) / config.scale
+        estimates.append(h / config.scale)
+    return torch.stack(estimates).mean(0)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+def fast_top_fisher(weight: torch.Tensor, bias: torch.Tensor, H_known: torch.Tensor, h_t: torch.Tensor,
+                    y_t: int, H: torch.Tensor, y: torch.Tensor, *, P: torch.Tensor | None = None,
+                    damping: float = 0.0, factorization: str = "auto") -> torch.Tensor:
+    """Kernel ``g_t^T F^{-1} g_k`` for every cached feature row: closed-form FIM over ``H_known``, one
+    solve, one pass over ``H`` (with the cached softmax outputs ``P`` if given, else computed per chunk)."""
+    with torch.no_grad():
+        P_known = torch.softmax(H_known @ weight.T + bias, dim=1)
+        p_t = torch.softmax(h_t @ weight.T + bias, dim=0)
+        solver = FisherSolver(TopLayerFisher(H_known, P_known), damping=damping, factorization=factorization)
+        g_t = top_layer_scores(h_t[None], p_t[None], torch.tensor([y_t]))[0]
+        V = solver.solve(g_t.reshape(-1)).reshape(g_t.shape)
+        if P is not None:
+            return top_layer_kernel(V, H, P, y)
+        return head_kernel(V, H, weight, bias, y)
+
+
+# --------------------------------------------------------------------------- synthetic top layer
+
+def synthetic_top_layer(n: int, hidden: int, n_classes: int, n_known: int, *, seed: int,
+                        dtype: torch.dtype = torch.float64) -> dict:
+    """ReLU-like features of ``n`` candidates and ``n_known`` known examples and a head with moderately
+    confident softmax outputs."""
+    g = torch.Generator().manual_seed(seed)
+    H = torch.randn(n, hidden, generator=g, dtype=dtype).clamp_min_(0)
+    H_known = torch.randn(n_known, hidden, generator=g, dtype=dtype).clamp_min(0)
+    weight = torch.randn(n_classes, hidden, generator=g, dtype=dtype) / hidden ** 0.5
+    bias = 0.1 * torch.randn(n_classes, generator=g, dtype=dtype)
+    y = torch.randint(n_classes, (n,), generator=g)
+    P = torch.softmax(H @ weight.T + bias, dim=1)   # cached with the features, as Learner.features_and_probs does
+    return dict(H=H, P=P, y=y, H_known=H_known, weight=weight, bias=bias, h_t=H_known[0], y_t=int(y[0]))
+
+
+def check_top_fisher(n: int = 300, hidden: int = 8, n_classes: int = 4, n_known: int = 40, *,
+                     seed: int = 0, damping: float = 0.0) -> float:
+    """Max relative difference between :func:`fast_top_fisher` and the autograd/pinv baseline (float64)."""
+    s = synthetic_top_layer(n, hidden, n_classes, n_known, seed=seed)
+    fast = fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"], s["H"], s["y"],
+                           P=s["P"], damping=damping)
+    on_the_fly = fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"], s["H"], s["y"],
+                                 damping=damping)
+    if damping == 0:
+        v = naive_top_fisher_vector(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"])
+    else:
+        W, b = _head_params(s["weight"], s["bias"])
+        F = _naive_dense_fim(W, b, s["H_known"])
+        v = torch.linalg.solve(F + damping * torch.eye(len(F), dtype=F.dtype), naive_top_score(W, b, s["h_t"], s["y_t"]))
+    naive = naive_top_kernel(s["weight"], s["bias"], v, s["H"], s["y"]).detach()
+    scale = naive.abs().max()
+    return float(max((fast - naive).abs().max(), (on_the_fly - naive).abs().max()) / scale)
+
+
+def _naive_dense_fim(W: torch.Tensor, b: torch.Tensor, H_known: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        P = torch.softmax(H_known @ W.T + b, dim=1)
+    d = W.numel() + b.numel()
+    F = torch.zeros(d, d, dtype=H_known.dtype)
+    for i, h in enumerate(H_known):
+        for c in range(P.shape[1]):
+            s = naive_top_score(W, b, h, c)
+            F += P[i, c] * torch.outer(s, s)
+    return F / len(H_known)
+
+
+# --------------------------------------------------------------------------- sections
+
+def section_top_fisher_scaling(cfg: BenchConfig) -> list[dict]:
+    """1. top_fisher selection latency vs number of candidates (fullnet top layer: 32 + 1, 10 classes)."""
+    rows = []
+    largest = max(cfg.sizes)
+    for dtype in (torch.float64, torch.float32):
+        s = synthetic_top_layer(largest, cfg.hidden, cfg.n_classes, cfg.fim_known, seed=cfg.seed, dtype=dtype)
+        # the naive baseline: fixed part (autograd FIM + pinv + g_t) and per-candidate loop, timed once
+        n_naive = min(cfg.naive_max, largest)
+        naive_fixed, _, v = timed(lambda: naive_top_fisher_vector(s["weight"], s["bias"], s["H_known"],
+                                                                  s["h_t"], s["y_t"]), 1)
+        naive_fixed_cpu = LAST_CPU
+        naive_loop, _, _ = timed(lambda: naive_top_kernel(s["weight"], s["bias"], v, s["H"][:n_naive],
+                                                          s["y"][:n_naive]), 1)
+        per_candidate, per_candidate_cpu = naive_loop / n_naive, LAST_CPU / n_naive
+        for n in cfg.sizes:
+            if dtype == torch.float32 and n != largest:
+                continue
+            H, P, y = s["H"][:n], s["P"][:n], s["y"][:n]
+            for cached in (True, False) if n == largest else (True,):
+                def select():
+                    K = fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"], H, y,
+                                        P=P if cached else None)
+                    return int(torch.argmin(K))   # best support = most negative kernel
+                mem, _ = peak_extra_memory(select)   # first call: nothing cached by earlier repeats
+                fast, times, _ = timed(select, cfg.repeats)
+                fast_cpu = LAST_CPU
+                solve_only, _, _ = timed(lambda: fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"],
+                                                                 s["y_t"], H[:1], y[:1], P=P[:1]), cfg.repeats)
+                naive = naive_fixed + per_candidate * n
+                naive_cpu = naive_fixed_cpu + per_candidate_cpu * n
+                rows.append({
+                    "section": 1, "case": f"top_fisher fullnet-head N={n:.0e} {str(dtype)[6:]}"
+                                          + ("" if cached else " p on the fly"),
+                    "candidates": n, "dtype": str(dtype)[6:], "cached_probs": cached,
+                    "fast_s": fast, "fast_cpu_s": fast_cpu, "fast_times_s": times,
+                    "fast_fixed_s": solve_only, "candidates_per_s": n / fast,
+                    "naive_s": naive, "naive_fixed_s": naive_fixed, "naive_per_candidate_s": per_candidate,
+                    "naive_measured_on": n_naive, "naive_extrapolated": n > n_naive,
+                    "naive_cpu_s": naive_cpu, "speedup": naive / fast, "speedup_cpu": naive_cpu / fast_cpu,
+                    "speedup_scoring_only": (per_candidate * n / (fast - solve_only)
+                                             if fast - solve_only > 0.2 * fast else None),
+                    "peak_extra_bytes": mem, "feature_bytes": H.element_size() * H.numel(),
+                    "peak_over_features": None if mem is None else mem / (H.element_size() * H.numel()),
+                })
+        del s
+        gc.collect()
+    return rows
+
+
+def _trained_learner(dataset: str, model: str, n_known: int, seed: int, epochs: int):
+    from .data import load_dataset
+    from .learner import Learner
+    from .models import TrainConfig, build_model
+
+    data = load_dataset(dataset, seed=seed)
+    rng = np.random.default_rng(seed)
+    known = rng.permutation(len(data.y_train))[:n_known]
+    X = torch.as_tensor(data.X_train[known], dtype=torch.float64)
+    y = torch.as_tensor(data.y_train[known], dtype=torch.long)
+    learner = Learner(build_model(model, data.X_train.shape[1:], data.n_classes, seed=seed),
+                      TrainConfig(epochs=epochs), seed=seed).fit(X, y)
+    return learner, X, y.numpy()
+
+
+def _context(learner, X, labels, rng):
+    """A query as the loop would make it: the first known example the model gets wrong (else the first),
+    candidates = the other known examples labelled with the model's prediction for it."""
+    from .select import SelectionContext, candidates_for
+
+    pred = learner.predict_proba(X).argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    target = int(wrong[0]) if len(wrong) else 0
+    known = np.arange(len(X))
+    cands = candidates_for(labels, known, target, int(pred[target]))
+    return SelectionContext(learner, X, labels, known, target, cands, rng)
+
+
+def section_logreg_mnist(cfg: BenchConfig) -> list[dict]:
+    """2. top_fisher on softmax regression over MNIST (7,850 top-layer parameters), FIM over all known."""
+    learner, X, labels = _trained_learner("mnist", "logreg", cfg.fim_known, cfg.seed, cfg.train_epochs)
+    rows = []
+    routes = [("pinv", 0.0, "auto"), ("damped 1e-3", 1e-3, "auto")]
+    if cfg.mnist_pinv_eigh:
+        routes.append(("pinv eigh-only", 0.0, "eigh"))
+    for name, damping, factorization in routes:
+        ctx = _context(learner, X, labels, np.random.default_rng(cfg.seed))
+
+        def select():
+            return _top_fisher_select(ctx, damping, factorization)
+        fast, times, (ranking, used) = timed(select, cfg.repeats if factorization == "auto" else 1)
+        rows.append({"section": 2, "case": f"top_fisher mnist/logreg {name}", "candidates": len(ctx.candidates),
+                     "fast_cpu_s": LAST_CPU,
+                     "fim_examples": len(ctx.known), "top_params": learner.model.head.weight.numel() + 10,
+                     "route": used, "fast_s": fast, "fast_times_s": times, "target_s": 0.1,
+                     "meets_target": fast <= 0.1})
+    return rows
+
+
+def _top_fisher_select(ctx, damping: float, factorization: str):
+    """top_fisher_ranking with an explicit factorization (returns the ranking and the route used)."""
+    from .select import Ranking
+
+    idx = np.concatenate([[ctx.target], ctx.candidates, ctx.known])
+    H, P = ctx.learner.features_and_probs(ctx.X[idx])
+    y = torch.as_tensor(ctx.labels[idx], dtype=torch.long)
+    n_cand = len(ctx.candidates)
+    solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping,
+                          factorization=factorization)
+    g_t = top_layer_scores(H[:1], P[:1], y[:1])[0]
+    V = solver.solve(g_t.reshape(-1)).reshape(g_t.shape)
+    head = ctx.learner.model.head
+    K = head_kernel(V, H[1:1 + n_cand], head.weight.detach(), head.bias.detach(), y[1:1 + n_cand])
+    return Ranking.from_scores(ctx.candidates, -K), f"{solver.method}/{solver.factorization}"
+
+
+def section_per_query(cfg: BenchConfig) -> list[dict]:
+    """3. influence (LiSSA, paper settings) and practical_fisher per query vs per-candidate autograd."""
+    from .select import SELECTORS
+
+    rows = []
+    config = InfluenceConfig()
+    for dataset in cfg.datasets:
+        learner, X, labels = _trained_learner(dataset, "fullnet", cfg.fim_known, cfg.seed, cfg.train_epochs)
+        ctx = _context(learner, X, labels, np.random.default_rng(cfg.seed))
+        model = learner.model
+        y_known = torch.as_tensor(labels, dtype=torch.long)
+        Xc, yc = X[ctx.candidates], torch.as_tensor(labels[ctx.candidates])
+
+        def naive_practical():
+            g_t = naive_score(model, X[ctx.target], int(labels[ctx.target]))
+            return -naive_scores_dot(model, g_t, Xc, yc)
+
+        def naive_influence():
+            g_t = naive_score(model, X[ctx.target], int(labels[ctx.target]))
+            v = naive_lissa(model, X, y_known, g_t, config)
+            return -naive_scores_dot(model, v, Xc, yc)
+
+        for name, fast_fn, naive_fn in (
+                ("practical_fisher", SELECTORS["practical_fisher"](), naive_practical),
+                ("influence (LiSSA)", SELECTORS["influence"](config=config), naive_influence)):
+            fast, times, ranking = timed(lambda: fast_fn(ctx), cfg.repeats)
+            fast_cpu = LAST_CPU
+            naive, naive_times, naive_scores = timed(naive_fn, max(1, cfg.repeats // 2))
+            order = np.argsort(-naive_scores.detach().numpy(), kind="stable")
+            err = float(np.max(np.abs(np.sort(ranking.scores) - np.sort(naive_scores.detach().numpy())))
+                        / max(1e-300, np.max(np.abs(ranking.scores))))
+            rows.append({"section": 3, "case": f"{name} {dataset}/fullnet", "candidates": len(ctx.candidates),
+                         "known": len(X), "params": sum(p.numel() for p in model.parameters()),
+                         "fast_s": fast, "fast_cpu_s": fast_cpu, "naive_cpu_s": LAST_CPU,
+                         "fast_times_s": times, "naive_s": naive, "naive_times_s": naive_times,
+                         "speedup": naive / fast, "speedup_cpu": LAST_CPU / fast_cpu,
+                         "max_rel_diff": err,
+                         "same_best": int(ranking.indices[0]) == int(ctx.candidates[order[0]])})
+    return rows
+
+
+def section_rounds(cfg: BenchConfig) -> list[dict]:
+    """4. whole rounds (add, inspect, select, retrain, evaluate), paper mode vs fast (warm-start) mode."""
+    from .data import flip_labels, load_dataset
+    from .inspect import INSPECTORS
+    from .learner import Learner
+    from .loop import CleaningLoop, OracleAnnotator
+    from .metrics import test_metrics
+    from .models import TrainConfig, build_model
+    from .select import SELECTORS
+
+    rows = []
+    for dataset, model_name, mode, rounds in cfg.round_cases:
+        data = load_dataset(dataset, seed=cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        X = torch.as_tensor(data.X_train, dtype=torch.float64)
+        X_test = torch.as_tensor(data.X_test, dtype=torch.float64)
+        noisy = flip_labels(data.y_train, 0.2, data.n_classes, kind="random", rng=rng)
+        order = rng.permutation(len(noisy))
+        known, stream = order[:100], order[100:100 + rounds]
+        train = TrainConfig(epochs=cfg.train_epochs, warm_start=mode == "fast",
+                            warm_epochs=cfg.fast_epochs if mode == "fast" else None)
+        learner = Learner(build_model(model_name, data.X_train.shape[1:], data.n_classes, seed=cfg.seed),
+                          train, seed=cfg.seed)
+        loop = CleaningLoop(learner, X, noisy, known, inspect=INSPECTORS["always"](),
+                            select=SELECTORS["top_fisher"](), rng=rng)
+        oracle = OracleAnnotator(data.y_train)
+        loop.retrain()   # the initial fit (100 epochs in both modes) is not part of a round
+        parts: dict[str, list[float]] = {k: [] for k in ("observe", "apply", "retrain", "evaluate", "total")}
+        for index in stream:
+            t0 = time.perf_counter()
+            query = loop.observe(int(index))          # add + inspect + select
+            t1 = time.perf_counter()
+            if query is not None:
+                loop.apply(query, oracle(query))
+            t2 = time.perf_counter()
+            loop.retrain()
+            t3 = time.perf_counter()
+            test_metrics(learner.predict_proba(X_test), data.y_test)
+            t4 = time.perf_counter()
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                parts[k].append(v)
+        rows.append({"section": 4, "case": f"round {dataset}/{model_name} {mode}", "mode": mode, "rounds": rounds,
+                     "epochs": cfg.train_epochs if mode == "paper" else cfg.fast_epochs,
+                     "median_s": statistics.median(parts["total"]), "p95_s": percentile(parts["total"], 95),
+                     **{f"{k}_median_s": statistics.median(v) for k, v in parts.items() if k != "total"},
+                     "times_s": parts["total"], "inspector": "always (a query every round)"})
+    return rows
+
+
+def section_q1(cfg: BenchConfig) -> list[dict]:
+    """5. the full Q1 run for breast/fullnet/top_fisher: reuse a ``/usr/bin/time -v`` log, else measure."""
+    log = Path(cfg.q1_log)
+    if log.exists():
+        text = log.read_text(errors="replace")
+        wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)
+        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        if wall:
+            return [{"section": 5, "case": "Q1 breast/fullnet top_fisher 5x100", "source": str(log),
+                     "wall_s": _clock_seconds(wall.group(1)),
+                     "peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None}]
+    from .simulate import RunConfig, run
+
+    start = time.perf_counter()
+    _, summary = run(RunConfig(dataset="breast", model="fullnet", selector="top_fisher"), progress=False)
+    import resource
+    return [{"section": 5, "case": "Q1 breast/fullnet top_fisher 5x100", "source": "measured",
+             "wall_s": time.perf_counter() - start,
+             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             "f1_final_mean": summary["f1_final_mean"], "cleaned_final_mean": summary["cleaned_final_mean"]}]
+
+
+def _clock_seconds(text: str) -> float:
+    parts = [float(p) for p in text.split(":")]
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return seconds
+
+
+SECTIONS = {1: section_top_fisher_scaling, 2: section_logreg_mnist, 3: section_per_query,
+            4: section_rounds, 5: section_q1}
+
+
+def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict:
+    """Every selected section, with the machine description and the configuration."""
+    torch.manual_seed(cfg.seed)
+    result = {"machine": machine(), "config": asdict(cfg), "rows": []}
+    start = time.perf_counter()
+    for number in cfg.sections:
+        if number == 5 and not cfg.q1:
+            continue
+        t0 = time.perf_counter()
+        rows = SECTIONS[number](cfg)
+        result["rows"] += rows
+        if log:
+            log(f"section {number} done in {time.perf_counter() - t0:.1f}s")
+    result["seconds"] = time.perf_counter() - start
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def format_table(result: dict) -> str:
+    """One line per row: case, candidates, fast, naive, speed-up, extra columns."""
+    lines = [f"{'#':<2} {'case':<44} {'cand.':>9} {'fast':>10} {'naive':>10} {'speedup':>9}  notes"]
+    for r in result["rows"]:
+        fast = r.get("fast_s", r.get("median_s", r.get("wall_s")))
+        naive = r.get("naive_s")
+        notes = []
+        if r.get("fast_cpu_s") is not None:
+            notes.append(f"fast cpu {_fmt_s(r['fast_cpu_s'])}")
+        if "speedup_cpu" in r:
+            notes.append(f"cpu speedup {r['speedup_cpu']:.0f}x")
+        if "candidates_per_s" in r:
+            notes.append(f"{r['candidates_per_s']:.3g} cand/s")
+        if r.get("naive_extrapolated"):
+            notes.append(f"naive extrapolated from {r['naive_measured_on']}")
+        if r.get("peak_over_features") is not None:
+            notes.append(f"peak mem {r['peak_over_features']:.2f}x features")
+        if "route" in r:
+            notes.append(r["route"])
+        if "p95_s" in r:
+            notes.append(f"p95 {_fmt_s(r['p95_s'])}, retrain {_fmt_s(r['retrain_median_s'])}, "
+                         f"select {_fmt_s(r['observe_median_s'])}, {r['rounds']} rounds")
+        if "peak_rss_bytes" in r and r["peak_rss_bytes"]:
+            notes.append(f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
+        if "max_rel_diff" in r:
+            notes.append(f"max rel diff {r['max_rel_diff']:.1e}")
+        cand = r.get("candidates", "")
+        lines.append(f"{r['section']:<2} {r['case']:<44} {cand!s:>9} {_fmt_s(fast):>10} "
+                     f"{_fmt_s(naive) if naive is not None else '-':>10} "
+                     f"{(str(round(r['speedup'])) + 'x') if 'speedup' in r else '-':>9}  {'; '.join(notes)}")
+    return "\n".join(lines)
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def plot_latency(result: dict, path: Path) -> None:
+    """Log-log plot of section 1: selection latency (wall and CPU) vs number of candidates, fast vs naive."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["section"] == 1 and r.get("cached_probs", True)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for dtype, marker, color in (("float64", "o", "tab:blue"), ("float32", "s", "tab:green")):
+        sel = sorted((r for r in rows if r["dtype"] == dtype), key=lambda r: r["candidates"])
+        if not sel:
+            continue
+        n = [r["candidates"] for r in sel]
+        ax.plot(n, [r["fast_s"] for r in sel], marker=marker, color=color, label=f"fast {dtype} (wall)")
+        ax.plot(n, [r["fast_cpu_s"] for r in sel], marker=marker, color=color, linestyle=":", fillstyle="none",
+                label=f"fast {dtype} (CPU time)")
+        if dtype == "float64":
+            measured = [r for r in sel if not r["naive_extrapolated"]]
+            ax.plot(n, [r["naive_s"] for r in sel], marker="x", color="tab:red", linestyle="--",
+                    label="naive autograd loop (extrapolated)")
+            if measured:
+                ax.plot([r["candidates"] for r in measured], [r["naive_s"] for r in measured], "x",
+                        color="tab:red", markersize=10, label="naive, measured")
+    ax.axhline(0.05, color="grey", linewidth=0.8, linestyle="-.")
+    ax.text(min(r["candidates"] for r in rows) if rows else 1, 0.055, "50 ms", color="grey", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("candidates")
+    ax.set_ylabel("selection latency per query (s)")
+    m = result["machine"]
+    ax.set_title(f"top_fisher, fullnet head (32+1 x 10), FIM over {result['config']['fim_known']} known\n"
+                 f"{m['cpu']}, {m['torch_threads']} torch thread(s)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
