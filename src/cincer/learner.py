@@ -19,6 +19,7 @@ class Learner:
         self.seed = seed
         self.initial_state = copy.deepcopy(model.state_dict())
         self.n_fits_ = 0
+        self.optimizer_: torch.optim.Optimizer | None = None  # kept across warm retrains
 
     @property
     def dtype(self) -> torch.dtype:
@@ -27,8 +28,11 @@ class Learner:
     def fit(self, X: torch.Tensor, y: np.ndarray | torch.Tensor) -> "Learner":
         """Train on ``(X, y)``: from the initial weights (paper), or warm-started after the first fit."""
         warm = self.config.warm_start and self.n_fits_ > 0
+        if self.config.warm_start and self.optimizer_ is None:
+            self.optimizer_ = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         train(self.model, X, torch.as_tensor(y, dtype=torch.long), self.config,
-              seed=self.seed + self.n_fits_, initial_state=self.initial_state, warm=warm)
+              seed=self.seed + self.n_fits_, initial_state=self.initial_state, warm=warm,
+              optimizer=self.optimizer_)
         self.n_fits_ += 1
         return self
 

@@ -125,6 +125,14 @@ def top_fisher(fim_samples: int | None = None, damping: float = 0.0, **_) -> Sel
     return select
 
 
+def all_parameter_ranking(ctx: SelectionContext, apply_inverse: Callable[[torch.Tensor], torch.Tensor]) -> Ranking:
+    """Rank by support ``-g_t^T C^{-1} g_k`` over all parameters; ``apply_inverse`` applies ``C^{-1}``."""
+    g_t = per_example_scores(ctx.model, ctx.X[[ctx.target]], ctx.label_tensor([ctx.target]))[0]
+    v = apply_inverse(g_t)
+    return Ranking.from_scores(ctx.candidates, -scores_dot(ctx.model, v, ctx.X[ctx.candidates],
+                                                           ctx.label_tensor(ctx.candidates)))
+
+
 @SELECTORS.register("full_fisher")
 def full_fisher_selector(fim_samples: int | None = None, damping: float = 0.0,
                          max_params: int = 20_000, **_) -> Selector:
@@ -136,21 +144,14 @@ def full_fisher_selector(fim_samples: int | None = None, damping: float = 0.0,
                               f"of {max_params} (raise --full-fisher-max-params or use top_fisher)")
         fim_examples = sample_indices(ctx.known, fim_samples, ctx.rng)
         solver = FisherSolver(full_fisher(ctx.model, ctx.X[fim_examples]), damping=damping)
-        g_t = per_example_scores(ctx.model, ctx.X[[ctx.target]], ctx.label_tensor([ctx.target]))[0]
-        v = solver.solve(g_t)
-        return Ranking.from_scores(ctx.candidates, -scores_dot(ctx.model, v, ctx.X[ctx.candidates],
-                                                               ctx.label_tensor(ctx.candidates)))
+        return all_parameter_ranking(ctx, solver.solve)
     return select
 
 
 @SELECTORS.register("practical_fisher")
 def practical_fisher(**_) -> Selector:
     """``F = I``: the plain inner product of the scores over all parameters."""
-    def select(ctx: SelectionContext) -> Ranking:
-        g_t = per_example_scores(ctx.model, ctx.X[[ctx.target]], ctx.label_tensor([ctx.target]))[0]
-        return Ranking.from_scores(ctx.candidates, -scores_dot(ctx.model, g_t, ctx.X[ctx.candidates],
-                                                               ctx.label_tensor(ctx.candidates)))
-    return select
+    return lambda ctx: all_parameter_ranking(ctx, lambda g_t: g_t)
 
 
 @SELECTORS.register("influence")
@@ -159,10 +160,8 @@ def influence(config: InfluenceConfig | None = None, **_) -> Selector:
     config = config or InfluenceConfig()
 
     def select(ctx: SelectionContext) -> Ranking:
-        g_t = per_example_scores(ctx.model, ctx.X[[ctx.target]], ctx.label_tensor([ctx.target]))[0]
-        v = inverse_hvp(ctx.model, ctx.X[ctx.known], ctx.label_tensor(ctx.known), g_t, config)
-        return Ranking.from_scores(ctx.candidates, -scores_dot(ctx.model, v, ctx.X[ctx.candidates],
-                                                               ctx.label_tensor(ctx.candidates)))
+        X_known, y_known = ctx.X[ctx.known], ctx.label_tensor(ctx.known)
+        return all_parameter_ranking(ctx, lambda g_t: inverse_hvp(ctx.model, X_known, y_known, g_t, config))
     return select
 
 

@@ -21,17 +21,19 @@ class TrainConfig:
 
 
 def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, *, seed: int,
-          initial_state: dict | None = None, warm: bool = False) -> nn.Module:
+          initial_state: dict | None = None, warm: bool = False,
+          optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
     """Fit ``model`` in place on ``(X, y)`` and return it.
 
     With ``initial_state`` and not ``warm``, weights are reset to it first, so every retrain
     starts from the same point (the paper's protocol) and the result depends only on the data.
+    A warm retrain may pass the previous ``optimizer`` so Adam's moment estimates carry over.
     """
     if initial_state is not None and not warm:
         model.load_state_dict(initial_state)
     epochs = config.warm_epochs if warm and config.warm_epochs is not None else config.epochs
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
     n = len(y)
     model.train()
