@@ -1,0 +1,315 @@
+"""The paper's three questions as protocols over the engine.
+
+* Q1, Q3: each compared method is a :class:`~cincer.simulate.RunConfig` variant run by
+  :func:`cincer.simulate.run` (the cleaning loop with an oracle annotator).
+* Q2: ranking quality with the model held fixed (:func:`run_ranking`): the model is trained once per
+  repeat on the noisy known set; stream labels are clean; every stream example the model gets wrong
+  is a query; its candidates are ranked by each selector and scored by precision@k.
+
+An experiment writes ``DIR/<method>/`` (config.json, trace.csv, summary.json) for each method,
+``DIR/experiment.json`` (question, methods, every setting) and ``DIR/summary.csv``. A method whose
+``summary.json`` exists is finished and skipped; results are written to a temporary folder and
+renamed into place, so an interrupted method leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import DATASETS, Dataset, flip_labels, load_dataset
+from ..errors import CincerError
+from ..learner import Learner
+from ..metrics import precision_at_k, test_metrics
+from ..models import TrainConfig, build_model
+from ..select import SELECTORS, SelectionContext, candidates_for
+from ..simulate import PRECISION_KS, RunConfig, run, selector_params, write_results
+
+PAPER_FIM_SAMPLES = 30
+TEXT_DATASETS = ("rotten_tomatoes", "20ng")  # the paper used 500 initial examples for 20NG
+
+# method name -> RunConfig fields that differ from the experiment's base configuration
+METHODS: dict[str, dict] = {
+    "top_fisher": {"selector": "top_fisher", "fim_samples": None},  # exact top-layer FIM over all of D
+    "top_fisher_paper": {"selector": "top_fisher", "fim_samples": PAPER_FIM_SAMPLES},  # paper: 30, pinv
+    "full_fisher": {"selector": "full_fisher", "fim_samples": None},
+    "practical_fisher": {"selector": "practical_fisher"},
+    "influence": {"selector": "influence"},
+    "nearest": {"selector": "nearest"},
+    "random": {"selector": "random"},
+    "none": {"selector": "none"},  # the paper's no_ce
+    "drop_ce": {"selector": "drop_ce", "fim_samples": None},  # drops CINCER's (exact-FIM) counter-example
+    # clean-label upper bound: same protocol, no noise, never asks (a fresh draw of known set and stream)
+    "upper_bound": {"selector": "none", "inspector": "never", "noise": 0.0},
+}
+
+QUESTIONS: dict[str, list[str]] = {
+    "q1": ["top_fisher", "top_fisher_paper", "none", "drop_ce", "upper_bound"],
+    "q2": ["top_fisher", "top_fisher_paper", "full_fisher", "practical_fisher", "influence", "nearest",
+           "random"],
+    "q3": ["top_fisher", "top_fisher_paper", "practical_fisher", "nearest", "influence", "random",
+           "upper_bound"],
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """One question on one (data set, model) pair; defaults are the paper's protocol."""
+
+    question: str = "q1"
+    dataset: str = "breast"
+    model: str = "fullnet"
+    methods: list[str] | None = None  # default: every method the question compares
+    repeats: int = 5
+    rounds: int = 100
+    known: int | None = None  # default: 100, or 500 for the text data sets
+    noise: float = 0.2
+    threshold: float = 0.2
+    epochs: int = 100
+    seed: int = 0
+    bits: int = 64
+    overrides: dict = field(default_factory=dict)  # any other RunConfig field, e.g. {"train": {"batch_size": 64}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExperimentConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CincerError(f"unknown experiment setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    def resolved(self) -> "ExperimentConfig":
+        """Validated copy with ``methods`` and ``known`` filled in."""
+        if self.question not in QUESTIONS:
+            raise CincerError(f"unknown question {self.question!r} (choose from: {', '.join(QUESTIONS)})")
+        methods = list(self.methods) if self.methods else list(QUESTIONS[self.question])
+        for m in methods:
+            if m not in METHODS:
+                raise CincerError(f"unknown method {m!r} (choose from: {', '.join(METHODS)})")
+        if len(set(methods)) != len(methods):
+            raise CincerError(f"duplicate methods in {methods}")
+        DATASETS[self.dataset]  # unknown names raise, before anything is written
+        if self.epochs < 1:
+            raise CincerError(f"--epochs must be at least 1, got {self.epochs}")
+        known = self.known if self.known is not None else (500 if self.dataset in TEXT_DATASETS else 100)
+        out = dataclasses.replace(self, methods=methods, known=known)
+        for m in methods:
+            method_config(out, m).validate()
+        return out
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.question}"
+
+
+def method_config(exp: ExperimentConfig, method: str) -> RunConfig:
+    """The RunConfig of ``method`` in experiment ``exp``."""
+    base = dataclasses.asdict(RunConfig(dataset=exp.dataset, model=exp.model, threshold=exp.threshold,
+                                        noise=exp.noise, known=exp.known if exp.known is not None else 100,
+                                        rounds=exp.rounds, repeats=exp.repeats, seed=exp.seed, bits=exp.bits,
+                                        train=TrainConfig(epochs=exp.epochs)))
+    for key, value in exp.overrides.items():
+        if key not in base:
+            raise CincerError(f"unknown RunConfig field {key!r} in overrides")
+        base[key] = {**base[key], **value} if isinstance(base[key], dict) else value
+    base.update(METHODS[method])
+    try:
+        return RunConfig.from_dict(base)
+    except TypeError as err:
+        raise CincerError(f"bad overrides: {err}") from None
+
+
+# --------------------------------------------------------------------------- Q2: fixed-model ranking
+
+def run_ranking(config: RunConfig, *, data: Dataset | None = None) -> tuple[pd.DataFrame, dict]:
+    """Q2 with one selector: one row per query (stream example the fixed model gets wrong)."""
+    config.validate()
+    data = data or load_dataset(config.dataset, seed=config.seed)
+    config.check_fits(data)
+    start = time.perf_counter()
+    rows: list[dict] = []
+    repeat_metrics = []
+    for repeat in range(config.repeats):
+        repeat_rows, metrics = _ranking_repeat(config, data, repeat)
+        rows += repeat_rows
+        repeat_metrics.append(metrics)
+    trace = pd.DataFrame(rows, columns=_RANKING_COLUMNS)
+    return trace, summarize_ranking(trace, repeat_metrics, config.repeats, seconds=time.perf_counter() - start)
+
+
+_RANKING_COLUMNS = ["repeat", "query_index", "label", "prediction", "n_candidates", "noisy_candidates",
+                    "chance"] + [f"pr{k}" for k in PRECISION_KS] + ["select_seconds"]
+
+
+def _ranking_repeat(config: RunConfig, data: Dataset, repeat: int) -> tuple[list[dict], dict]:
+    # the same draws as cincer.simulate.run_repeat: noise, then known set and stream
+    seed = config.seed + repeat
+    rng = np.random.default_rng(seed)
+    dtype = torch.float64 if config.bits == 64 else torch.float32
+    X = torch.as_tensor(data.X_train, dtype=dtype)
+    clean = data.y_train
+    noisy = flip_labels(clean, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
+    order = rng.permutation(len(clean))
+    known, stream = order[:config.known], order[config.known:config.known + config.rounds]
+    model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=seed, dtype=dtype)
+    learner = Learner(model, config.train, seed=seed).fit(X[known], noisy[known])
+    labels = noisy.copy()
+    labels[stream] = clean[stream]  # stream labels are clean: the query is the model's mistake
+    is_noisy = labels != clean
+    predictions = learner.predict_proba(X[stream]).argmax(axis=1)
+    select = SELECTORS[config.selector](**selector_params(config))
+    select_rng = np.random.default_rng([seed, 2])
+    rows = []
+    for index, pred in zip(stream, predictions):
+        if pred == clean[index]:
+            continue
+        candidates = candidates_for(labels, known, int(index), int(pred))
+        row = {"repeat": repeat, "query_index": int(index), "label": int(clean[index]), "prediction": int(pred),
+               "n_candidates": len(candidates), "noisy_candidates": int(is_noisy[candidates].sum()),
+               "chance": float(is_noisy[candidates].mean()) if len(candidates) else float("nan")}
+        t0 = time.perf_counter()
+        ranked = select(SelectionContext(learner, X, labels, known, int(index), candidates, select_rng)).indices \
+            if len(candidates) else np.zeros(0, dtype=np.int64)
+        row["select_seconds"] = time.perf_counter() - t0
+        for k in PRECISION_KS:
+            row[f"pr{k}"] = precision_at_k(ranked, is_noisy, k)
+        rows.append(row)
+    X_test = torch.as_tensor(data.X_test, dtype=dtype)
+    return rows, test_metrics(learner.predict_proba(X_test), data.y_test)
+
+
+def summarize_ranking(trace: pd.DataFrame, repeat_metrics: list[dict], repeats: int, *, seconds: float) -> dict:
+    """precision@k averaged over the queries of a repeat, then mean and std over repeats."""
+    summary: dict = {"status": "ok", "repeats": repeats, "queries_mean": len(trace) / repeats}
+    per_repeat = trace.groupby("repeat")
+    for col in [f"pr{k}" for k in PRECISION_KS] + ["chance"]:
+        values = per_repeat[col].mean() if len(trace) else pd.Series(dtype=float)
+        summary[f"{col}_mean"] = float(values.mean()) if len(values) else float("nan")
+        summary[f"{col}_std"] = float(values.std(ddof=0)) if len(values) else float("nan")
+    summary["f1_model_mean"] = float(np.mean([m["f1"] for m in repeat_metrics]))
+    summary["select_seconds_mean"] = float(trace["select_seconds"].mean()) if len(trace) else float("nan")
+    summary["seconds"] = seconds
+    return summary
+
+
+# --------------------------------------------------------------------------- running methods
+
+def method_done(out: Path, method: str) -> bool:
+    return (Path(out) / method / "summary.json").is_file()
+
+
+def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = False,
+               data: Dataset | None = None) -> str:
+    """Run one method of an experiment into ``out/method`` unless finished; returns its status
+    (``skipped``, ``ok`` or ``infeasible``)."""
+    out = Path(out)
+    if method_done(out, method) and not force:
+        return "skipped"
+    config = method_config(exp, method)
+    if exp.question == "q2":
+        try:
+            trace, summary = run_ranking(config, data=data)
+        except CincerError as err:  # full_fisher above its size limit
+            if config.selector != "full_fisher":
+                raise
+            trace, summary = pd.DataFrame(columns=_RANKING_COLUMNS), {"status": "infeasible", "reason": str(err)}
+    else:
+        trace, summary = run(config, progress=False, data=data)
+        summary = {"status": "ok", **summary}
+    summary = {"method": method, "question": exp.question, **summary}
+    write_atomically(out, method, config, trace, summary)
+    return summary["status"]
+
+
+def write_atomically(out: Path, method: str, config: RunConfig, trace: pd.DataFrame, summary: dict) -> None:
+    """Write into a hidden temporary folder, then rename it to ``out/method``."""
+    tmp = out / f".{method}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    write_results(tmp, config, trace, summary)
+    target = out / method
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def write_experiment(out: Path, exp: ExperimentConfig, *, force: bool = False) -> ExperimentConfig:
+    """``experiment.json``: the question, the methods and every setting (each method's RunConfig).
+
+    A folder already holding the same experiment keeps its methods (new ones are appended), so
+    methods can be run a few at a time; one holding other settings is refused unless ``force``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "experiment.json").is_file():
+        old = read_experiment(out)
+        if dataclasses.replace(old, methods=None) == dataclasses.replace(exp, methods=None):
+            union = list(dict.fromkeys((old.methods or []) + (exp.methods or [])))
+            canon = QUESTIONS[exp.question]  # the question's order first, then any extra method
+            ordered = sorted(union, key=lambda m: (canon.index(m) if m in canon else len(canon), union.index(m)))
+            exp = dataclasses.replace(exp, methods=ordered)
+        elif not force:
+            diff = [f"{f.name}: {getattr(old, f.name)!r} -> {getattr(exp, f.name)!r}"
+                    for f in dataclasses.fields(exp) if f.name != "methods" and getattr(old, f.name) != getattr(exp, f.name)]
+            raise CincerError(f"{out} holds an experiment with other settings ({'; '.join(diff)}); "
+                              "use another folder, or --force to replace it")
+    meta = {"experiment": dataclasses.asdict(exp),
+            "methods": {m: dataclasses.asdict(method_config(exp, m)) for m in exp.methods or []},
+            "notes": {"upper_bound": "same protocol with noise 0 and the 'never' inspector (clean labels, "
+                                     "no queries); its known set and stream are drawn afresh from the same seed",
+                      "top_fisher": "top-layer FIM over all known examples (exact), pseudo-inverse",
+                      "top_fisher_paper": f"top-layer FIM over {PAPER_FIM_SAMPLES} random known examples, "
+                                          "pseudo-inverse (the paper's reference code)",
+                      "drop_ce": "CINCER's counter-example from the exact top-layer FIM",
+                      "q2": "model trained once per repeat on the noisy known set; stream labels clean; "
+                            "queries = stream examples the model gets wrong"}}
+    tmp = out / f".experiment.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, out / "experiment.json")
+    return exp
+
+
+def read_experiment(out: Path) -> ExperimentConfig:
+    path = Path(out) / "experiment.json"
+    if not path.is_file():
+        raise CincerError(f"{out} is not an experiment folder (no experiment.json)")
+    return ExperimentConfig.from_dict(json.loads(path.read_text())["experiment"])
+
+
+def collect_summary(out: Path, exp: ExperimentConfig) -> pd.DataFrame:
+    """One row per finished method; written to ``out/summary.csv``."""
+    rows = []
+    for method in exp.methods or []:
+        path = Path(out) / method / "summary.json"
+        if path.is_file():
+            rows.append({"dataset": exp.dataset, "model": exp.model, "question": exp.question,
+                         **json.loads(path.read_text()), "method": method})
+    frame = pd.DataFrame(rows)
+    if rows:
+        front = ["dataset", "model", "question", "method", "status"]
+        frame = frame[front + [c for c in frame.columns if c not in front]]
+    tmp = Path(out) / f".summary.csv.tmp-{os.getpid()}"
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, Path(out) / "summary.csv")
+    return frame
+
+
+def run_experiment(exp: ExperimentConfig, out: Path, *, force: bool = False, jobs: int = 1,
+                   threads: int | None = 1, log=print) -> pd.DataFrame:
+    """Every method of ``exp`` into ``out``; finished methods are skipped unless ``force``."""
+    from .sweep import Task, raise_failures, run_tasks
+
+    exp = exp.resolved()
+    out = Path(out)
+    tasks = [Task(exp, m, out, force, threads) for m in exp.methods or []]
+    merged = write_experiment(out, exp, force=force)
+    records = run_tasks(tasks, jobs=jobs, log=log)
+    frame = collect_summary(out, merged)
+    raise_failures(records)
+    return frame
