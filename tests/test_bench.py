@@ -3,7 +3,6 @@ and ``cincer bench`` runs end to end at a reduced size."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -13,7 +13,7 @@ from cincer.cli import main as cli_main
 from cincer.errors import CincerError
 from cincer.experiments import (ExperimentConfig, load_sweep, method_config, read_experiment, run_experiment,
                                 run_sweep)
-from cincer.experiments.plots import Q1Q3_COLUMNS, Q2_COLUMNS, write_all
+from cincer.experiments.plots import Q1Q3_COLUMNS, Q2_COLUMNS
 from cincer.experiments.sweep import Task, run_tasks
 
 # tiny: synthetic (2-d, 4 classes), one repeat, four rounds, a few epochs; tau low enough to ask

@@ -1,9 +1,7 @@
 """Closed forms and fast solvers of cincer.fisher against autograd and brute force (float64)."""
 
-import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
 
 from cincer.fisher import (ExplicitFisher, FisherSolver, TopLayerFisher, full_fisher, per_class_scores,
                            per_example_scores, top_layer_kernel, top_layer_scores)

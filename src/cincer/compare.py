@@ -35,11 +35,12 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .data import Dataset, flip_labels, load_dataset
+from .data import Dataset, load_dataset
 from .errors import CincerError
 from .inspect import INSPECTORS, Inspector
 from .learner import Learner
 from .metrics import test_metrics
+from .simulate import draw_repeat
 from .models import MODELS, TrainConfig, build_model
 
 METHODS = ("cleanlab", "cincer_stream", "cincer_audit", "cleanlab_same_examples")
@@ -225,13 +226,8 @@ def _learner(config: CompareConfig, X: torch.Tensor, n_classes: int, seed: int) 
 
 def run_compare_repeat(config: CompareConfig, data: Dataset, repeat: int) -> list[dict]:
     """One repeat: one noisy copy of the labels (seed + repeat), the three methods and the references."""
-    seed = config.seed + repeat
-    rng = np.random.default_rng(seed)
-    dtype = torch.float64 if config.bits == 64 else torch.float32
-    X = torch.as_tensor(data.X_train, dtype=dtype)
-    X_test = torch.as_tensor(data.X_test, dtype=dtype)
-    clean = data.y_train
-    noisy = flip_labels(clean, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
+    draw = draw_repeat(config, data, repeat)  # noise only: every method sees all of the data
+    seed, X, X_test, noisy, clean = draw.seed, draw.X, draw.X_test, draw.noisy, data.y_train
     n_noisy = int(np.sum(noisy != clean))
     rows = []
     cache: dict = {}

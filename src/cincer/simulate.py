@@ -90,23 +90,47 @@ def selector_params(config: RunConfig) -> dict:
             "max_params": config.full_fisher_max_params, "config": config.influence}
 
 
-def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None) -> list[dict]:
-    """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round."""
+@dataclass
+class Draw:
+    """One repeat's data and random draws: noisy labels, then the initial known set and the stream."""
+
+    seed: int
+    rng: np.random.Generator
+    X: torch.Tensor
+    X_test: torch.Tensor
+    noisy: np.ndarray
+    known: np.ndarray
+    stream: np.ndarray
+
+
+def draw_repeat(config, data: Dataset, repeat: int, *, known: int = 0, rounds: int = 0) -> Draw:
+    """Everything random in a repeat, from ``config.seed + repeat`` (``config`` needs ``seed``, ``bits``,
+    ``noise``, ``noise_kind``; ``known``/``rounds`` default to the config's when it has them)."""
     seed = config.seed + repeat
     rng = np.random.default_rng(seed)
     dtype = torch.float64 if config.bits == 64 else torch.float32
-    X = torch.as_tensor(data.X_train, dtype=dtype)
-    X_test = torch.as_tensor(data.X_test, dtype=dtype)
-    clean = data.y_train
-    noisy = flip_labels(clean, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
-    order = rng.permutation(len(clean))
-    known, stream = order[:config.known], order[config.known:config.known + config.rounds]
+    noisy = flip_labels(data.y_train, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
+    known = known or getattr(config, "known", 0)
+    rounds = rounds or getattr(config, "rounds", 0)
+    order = rng.permutation(len(noisy)) if known or rounds else np.arange(len(noisy))
+    return Draw(seed, rng, torch.as_tensor(data.X_train, dtype=dtype), torch.as_tensor(data.X_test, dtype=dtype),
+                noisy, order[:known], order[known:known + rounds])
 
-    model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=seed, dtype=dtype)
-    learner = Learner(model, config.train, seed=seed)
-    loop = CleaningLoop(learner, X, noisy, known,
+
+def new_learner(config, data: Dataset, draw: Draw) -> Learner:
+    """A fresh model of ``config.model`` (same seed, same initial weights) and its trainer."""
+    model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=draw.seed, dtype=draw.X.dtype)
+    return Learner(model, config.train, seed=draw.seed)
+
+
+def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None) -> list[dict]:
+    """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round."""
+    draw = draw_repeat(config, data, repeat)
+    X, X_test, noisy, clean = draw.X, draw.X_test, draw.noisy, data.y_train
+    learner = new_learner(config, data, draw)
+    loop = CleaningLoop(learner, X, noisy, draw.known,
                         inspect=INSPECTORS[config.inspector](threshold=config.threshold),
-                        select=SELECTORS[config.selector](**selector_params(config)), rng=rng)
+                        select=SELECTORS[config.selector](**selector_params(config)), rng=draw.rng)
     oracle = OracleAnnotator(clean)
     start = time.perf_counter()
     loop.retrain()
@@ -114,7 +138,7 @@ def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm 
                   noisy_seen=0, disagreements=0, suspicious=0)
     rows = [_row(repeat, 0, loop, clean, learner, X_test, data.y_test, totals,
                  {**NO_QUERY, "train_seconds": NAN}, start)]
-    for t, index in enumerate(stream, start=1):
+    for t, index in enumerate(draw.stream, start=1):
         round_start = time.perf_counter()
         query = loop.observe(int(index))
         totals["noisy_seen"] += int(noisy[index] != clean[index])

@@ -25,15 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..data import DATASETS, Dataset, flip_labels, load_dataset
+from ..data import DATASETS, Dataset, load_dataset
 from ..errors import CincerError
-from ..learner import Learner
 from ..metrics import precision_at_k, test_metrics
-from ..models import TrainConfig, build_model
+from ..models import TrainConfig
 from ..select import SELECTORS, SelectionContext, candidates_for
-from ..simulate import PRECISION_KS, RunConfig, run, selector_params, write_results
+from ..simulate import PRECISION_KS, RunConfig, draw_repeat, new_learner, run, selector_params, write_results
 
 PAPER_FIM_SAMPLES = 30
 TEXT_DATASETS = ("rotten_tomatoes", "20ng")  # the paper used 500 initial examples for 20NG
@@ -152,17 +150,9 @@ _RANKING_COLUMNS = ["repeat", "query_index", "label", "prediction", "n_candidate
 
 
 def _ranking_repeat(config: RunConfig, data: Dataset, repeat: int) -> tuple[list[dict], dict]:
-    # the same draws as cincer.simulate.run_repeat: noise, then known set and stream
-    seed = config.seed + repeat
-    rng = np.random.default_rng(seed)
-    dtype = torch.float64 if config.bits == 64 else torch.float32
-    X = torch.as_tensor(data.X_train, dtype=dtype)
-    clean = data.y_train
-    noisy = flip_labels(clean, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
-    order = rng.permutation(len(clean))
-    known, stream = order[:config.known], order[config.known:config.known + config.rounds]
-    model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=seed, dtype=dtype)
-    learner = Learner(model, config.train, seed=seed).fit(X[known], noisy[known])
+    draw = draw_repeat(config, data, repeat)  # the same draws as cincer.simulate.run_repeat
+    seed, X, noisy, known, stream, clean = draw.seed, draw.X, draw.noisy, draw.known, draw.stream, data.y_train
+    learner = new_learner(config, data, draw).fit(X[known], noisy[known])
     labels = noisy.copy()
     labels[stream] = clean[stream]  # stream labels are clean: the query is the model's mistake
     is_noisy = labels != clean
@@ -184,8 +174,7 @@ def _ranking_repeat(config: RunConfig, data: Dataset, repeat: int) -> tuple[list
         for k in PRECISION_KS:
             row[f"pr{k}"] = precision_at_k(ranked, is_noisy, k)
         rows.append(row)
-    X_test = torch.as_tensor(data.X_test, dtype=dtype)
-    return rows, test_metrics(learner.predict_proba(X_test), data.y_test)
+    return rows, test_metrics(learner.predict_proba(draw.X_test), data.y_test)
 
 
 def summarize_ranking(trace: pd.DataFrame, repeat_metrics: list[dict], repeats: int, *, seconds: float) -> dict:
