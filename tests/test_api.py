@@ -20,14 +20,6 @@ from cincer.select import SELECTORS, SelectionContext, top_fisher_ranking
 FAST = TrainConfig(epochs=15, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train far faster on one thread (and the CI machine has two cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def blobs():

@@ -20,13 +20,6 @@ from cincer.cli import main as cli_main
 from cincer.errors import CincerError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):

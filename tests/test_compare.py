@@ -15,13 +15,6 @@ from cincer.inspect import INSPECTORS
 from cincer.models import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_cleanlab_inspector_uses_self_confidence():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.45, 0.45]])

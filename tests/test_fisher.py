@@ -10,14 +10,6 @@ from cincer.models import build_model
 TOL = 1e-8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small LAPACK calls with 2 OpenMP threads on a shared 2-core machine can be 100x slower: use 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_top_layer(n_classes, n=12, hidden=5, seed=0):
     """Penultimate features, a random head and the autograd score of every example."""

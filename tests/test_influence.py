@@ -10,14 +10,6 @@ from cincer.learner import Learner
 from cincer.models import TrainConfig, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small LAPACK calls with 2 OpenMP threads on a shared 2-core machine can be 100x slower: use 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def trained_logreg():
     g = torch.Generator().manual_seed(0)
