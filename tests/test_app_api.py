@@ -9,7 +9,6 @@ import sqlite3
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from cincer.app import Session, load_project, write_export

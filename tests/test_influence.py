@@ -1,6 +1,5 @@
 """Inverse-Hessian-vector products: LiSSA and CG converge to the exact solve on a small logreg."""
 
-import pytest
 import torch
 
 from cincer.fisher import per_example_scores
