@@ -30,8 +30,11 @@ def test_invariants(synthetic, selector):
         # cumulative counters never decrease
         for col in ("queries", "cleaned", "cleaned_ce", "dropped", "noisy_seen"):
             assert np.all(np.diff(rows[col].to_numpy()) >= 0), col
-        # a query only when the example was suspicious; every cleaning needs a query
-        assert np.all(rows["queries"] == rows["suspicious"])
+        # a query only when the example was suspicious (margin > tau implies a disagreement)
+        asked = rows["query_index"] >= 0
+        assert np.all(np.diff(rows["queries"].to_numpy()) == asked.to_numpy()[1:])
+        assert np.all(rows.loc[asked, "margin"] > 0.2)
+        assert np.all(rows["queries"] <= rows["disagreements"])
         assert np.all(rows["cleaned_suspicious"] <= rows["queries"])
         # the oracle only fixes labels: noise in D is the initial noise plus arrivals minus fixes/drops
         initial_noise = rows["noisy_known"].iloc[0]

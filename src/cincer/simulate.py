@@ -103,15 +103,15 @@ class Draw:
     stream: np.ndarray
 
 
-def draw_repeat(config, data: Dataset, repeat: int, *, known: int = 0, rounds: int = 0) -> Draw:
-    """Everything random in a repeat, from ``config.seed + repeat`` (``config`` needs ``seed``, ``bits``,
-    ``noise``, ``noise_kind``; ``known``/``rounds`` default to the config's when it has them)."""
+def draw_repeat(config, data: Dataset, repeat: int) -> Draw:
+    """Everything random in a repeat, from ``config.seed + repeat``. ``config`` needs ``seed``, ``bits``,
+    ``noise`` and ``noise_kind``; without ``known``/``rounds`` (e.g. the cleanlab comparison) only the
+    labels are drawn."""
     seed = config.seed + repeat
     rng = np.random.default_rng(seed)
     dtype = torch.float64 if config.bits == 64 else torch.float32
     noisy = flip_labels(data.y_train, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
-    known = known or getattr(config, "known", 0)
-    rounds = rounds or getattr(config, "rounds", 0)
+    known, rounds = getattr(config, "known", 0), getattr(config, "rounds", 0)
     order = rng.permutation(len(noisy)) if known or rounds else np.arange(len(noisy))
     return Draw(seed, rng, torch.as_tensor(data.X_train, dtype=dtype), torch.as_tensor(data.X_test, dtype=dtype),
                 noisy, order[:known], order[known:known + rounds])
@@ -135,17 +135,17 @@ def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm 
     start = time.perf_counter()
     loop.retrain()
     totals = dict(queries=0, cleaned_suspicious=0, cleaned_ce=0, dropped=0, dropped_noisy=0,
-                  noisy_seen=0, disagreements=0, suspicious=0)
+                  noisy_seen=0, disagreements=0)
     rows = [_row(repeat, 0, loop, clean, learner, X_test, data.y_test, totals,
                  {**NO_QUERY, "train_seconds": NAN}, start)]
     for t, index in enumerate(draw.stream, start=1):
+        # mistakes seen: arrivals whose label the current model disagrees with, queried or not
+        totals["disagreements"] += int(learner.predict_proba(X[[index]])[0].argmax() != noisy[index])
+        totals["noisy_seen"] += int(noisy[index] != clean[index])
         round_start = time.perf_counter()
         query = loop.observe(int(index))
-        totals["noisy_seen"] += int(noisy[index] != clean[index])
         extra = dict(NO_QUERY)
         if query is not None:
-            totals["suspicious"] += 1
-            totals["disagreements"] += int(query.prediction != query.label)
             totals["queries"] += 1
             extra = _query_record(query, clean, loop.labels, time.perf_counter() - round_start)
             update = loop.apply(query, oracle(query))
