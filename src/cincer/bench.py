@@ -153,15 +153,7 @@ def naive_top_fisher_vector(weight: torch.Tensor, bias: torch.Tensor, H_known: t
     """The paper's way to get ``F^+ g_t``: dense FIM from autograd scores of every (example, class),
     then ``pinv``."""
     W, b = _head_params(weight, bias)
-    with torch.no_grad():
-        P = torch.softmax(H_known @ weight.T + bias, dim=1)
-    d = W.numel() + b.numel()
-    F = torch.zeros(d, d, dtype=H_known.dtype)
-    for i, h in enumerate(H_known):
-        for c in range(P.shape[1]):
-            s = naive_top_score(W, b, h, c)
-            F += P[i, c] * torch.outer(s, s)
-    F /= len(H_known)
+    F = _naive_dense_fim(W, b, H_known)
     return torch.linalg.pinv(F, rtol=rtol, hermitian=True) @ naive_top_score(W, b, h_t, y_t)
 
 
