@@ -77,6 +77,15 @@ def test_run_benchmark_scaling_section_is_json_and_bounded_in_memory():
     assert "top_fisher" in format_table(result)
 
 
+def test_cnn_layout_section_compares_the_same_function_in_both_layouts():
+    cfg = BenchConfig.quick(sections=(6,), repeats=1, layout_images=64, layout_train=(8, 1))
+    rows = run_benchmark(cfg)["rows"]
+    assert [r["case"] for r in rows] == ["convnet float32 evaluate 64 images", "convnet float32 train 1 epochs on 8",
+                                         "convnet float64 evaluate 64 images", "convnet float64 train 1 epochs on 8"]
+    assert all(r["fast_s"] > 0 and r["naive_s"] > 0 for r in rows)
+    assert rows[1]["max_rel_diff"] < 1e-5 and rows[3]["max_rel_diff"] < 1e-12
+
+
 def test_synthetic_top_layer_is_reproducible():
     a = synthetic_top_layer(10, 4, 3, 5, seed=3)
     b = synthetic_top_layer(10, 4, 3, 5, seed=3)

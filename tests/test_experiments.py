@@ -136,6 +136,47 @@ def test_resume_skips_finished_methods(tmp_path):
     assert (out / "none" / "summary.json").stat().st_mtime_ns != finished
 
 
+def test_interrupted_method_resumes_at_its_next_repeat(tmp_path, monkeypatch):
+    import cincer.simulate as simulate
+
+    exp = ExperimentConfig(question="q1", methods=["top_fisher_paper"], **{**TINY, "repeats": 3})
+    whole = tmp_path / "whole"
+    run_experiment(exp, whole, log=SILENT)
+    assert not (whole / ".top_fisher_paper.partial").exists()  # removed once the method is finished
+
+    real_run_repeat, calls = simulate.run_repeat, []
+
+    def crash_on_third(config, data, repeat, **kw):
+        calls.append(repeat)
+        if repeat == 2:
+            raise KeyboardInterrupt  # the machine goes away mid-method
+        return real_run_repeat(config, data, repeat, **kw)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(simulate, "run_repeat", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, out, log=SILENT)
+    assert not (out / "top_fisher_paper" / "summary.json").exists()
+    assert sorted(p.name for p in (out / ".top_fisher_paper.partial").iterdir()) == ["repeat-0.json", "repeat-1.json"]
+
+    monkeypatch.setattr(simulate, "run_repeat", lambda *a, **kw: calls.append(a[2]) or real_run_repeat(*a, **kw))
+    run_experiment(exp, out, log=SILENT)
+    assert calls == [0, 1, 2, 2]  # repeats 0 and 1 were not redone
+    timing = [c for c in pd.read_csv(whole / "top_fisher_paper" / "trace.csv").columns if "seconds" in c]
+    a, b = (pd.read_csv(d / "top_fisher_paper" / "trace.csv").drop(columns=timing) for d in (whole, out))
+    pd.testing.assert_frame_equal(a, b)
+    assert read_summary(out, "top_fisher_paper")["seconds"] > 0
+
+    # a saved repeat of other settings is not reused
+    from cincer.simulate import load_repeat, save_repeat
+    config = method_config(exp, "top_fisher_paper")
+    save_repeat(tmp_path / "p", config, 0, {"rows": [], "seconds": 1.0})
+    assert load_repeat(tmp_path / "p", config, 0) is not None
+    other = method_config(ExperimentConfig(question="q1", **{**TINY, "epochs": 4}), "top_fisher_paper")
+    assert load_repeat(tmp_path / "p", other, 0) is None
+    assert load_repeat(tmp_path / "p", config, 1) is None
+
+
 def write_sweep(tmp_path, out) -> os.PathLike:
     path = tmp_path / "sweep.toml"
     path.write_text(f"""
@@ -213,6 +254,12 @@ def test_sweep_file_errors(tmp_path):
                     '["adult", "fullnet"]]\n')
     assert [e.label for e, _ in load_sweep(grid).experiments] == [
         "breast/fullnet/q1", "breast/fullnet/q2", "adult/fullnet/q1", "adult/fullnet/q2"]
+    grid.write_text('[grid]\nquestions = ["q1"]\npairs = [["breast", "fullnet"], ["mnist", "convnet", {bits = 32}]]\n')
+    assert [(e.label, e.bits) for e, _ in load_sweep(grid).experiments] == [
+        ("breast/fullnet/q1", 64), ("mnist/convnet/q1", 32)]  # per-pair settings
+    grid.write_text('[grid]\npairs = [["breast", "fullnet", 32]]\n')
+    with pytest.raises(CincerError, match="each \\[grid\\] pair"):
+        load_sweep(grid)
     assert cli_main(["sweep", str(tmp_path / "missing.toml")]) == 2
     with pytest.raises(CincerError, match="Dask scheduler"):
         run_tasks([Task(ExperimentConfig(question="q1", methods=["none"], **TINY).resolved(), "none", tmp_path)],

@@ -101,6 +101,16 @@ def test_per_example_scores_match_autograd():
                                atol=TOL, rtol=0)
 
 
+def test_per_example_scores_of_a_channels_last_convnet_match_autograd():
+    # convnets are built in channels_last memory format (faster on a CPU); the scores must not notice
+    model = build_model("convnet", (2, 10, 10), 3, seed=0).eval()
+    assert model.body[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    X = torch.randn(5, 2, 10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(5) % 3
+    torch.testing.assert_close(per_example_scores(model, X, y, chunk=2), autograd_scores(model, X, y),
+                               atol=TOL, rtol=0)
+
+
 def test_full_fisher_matches_brute_force_and_top_block():
     model, X, y = small_net(n_classes=3)
     probs = torch.softmax(model(X), dim=1).detach()

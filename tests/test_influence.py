@@ -29,6 +29,20 @@ def test_hvp_matches_dense_hessian():
     torch.testing.assert_close(H, H.T, atol=1e-12, rtol=0)
 
 
+def test_hvp_of_a_channels_last_convnet_matches_double_backward():
+    # too many parameters for a dense Hessian: compare with autograd's grad-of-(grad . v) on the module
+    model = build_model("convnet", (1, 10, 10), 2, seed=0).eval()
+    X = torch.randn(4, 1, 10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0])
+    params = list(model.parameters())
+    v = torch.randn(sum(p.numel() for p in params), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss = torch.nn.functional.cross_entropy(model(X), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    gv = torch.cat([g.reshape(-1) for g in grads]) @ v
+    expected = torch.cat([h.reshape(-1) for h in torch.autograd.grad(gv, params)])
+    torch.testing.assert_close(hvp_fn(model, X, y)(v), expected, atol=1e-10, rtol=0)
+
+
 def test_lissa_and_cg_converge_to_exact_solve():
     model, X, y = trained_logreg()
     H = exact_hessian(model, X, y)

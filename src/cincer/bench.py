@@ -48,13 +48,15 @@ class BenchConfig:
     train_epochs: int = 100         # paper: 100 epochs from the initial weights
     q1: bool = True                 # section 5
     q1_log: str = "/tmp/breast_top_fisher.log"
-    sections: tuple[int, ...] = (1, 2, 3, 4, 5)
+    layout_images: int = 10_000     # section 6: MNIST-shaped images evaluated (the test set's size)
+    layout_train: tuple[int, int] = (150, 10)   # section 6: images and epochs of the timed training
+    sections: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":
         base = dict(sizes=(100, 10_000, 100_000), naive_max=200, repeats=3, mnist_pinv_eigh=False,
                     round_cases=(("breast", "fullnet", "paper", 2), ("breast", "fullnet", "fast", 2)),
-                    q1=False)
+                    q1=False, layout_images=512, layout_train=(40, 1))
         base.update(kw)
         return cls(**base)
 
@@ -496,6 +498,37 @@ def section_q1(cfg: BenchConfig) -> list[dict]:
              "f1_final_mean": summary["f1_final_mean"], "cleaned_final_mean": summary["cleaned_final_mean"]}]
 
 
+def section_cnn_layout(cfg: BenchConfig) -> list[dict]:
+    """6. the convnet in channels_last layout with 128-image evaluation chunks (what ``build_model`` and
+    ``predict_proba`` do) against the default NCHW layout with 4,096-image chunks, on MNIST-shaped input."""
+    from .models import TrainConfig, build_model, predict_proba, train
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_train, epochs = cfg.layout_train
+    rows = []
+    for dtype in (torch.float32, torch.float64):
+        images = torch.rand(cfg.layout_images, 1, 28, 28, generator=g).to(dtype) - 0.5
+        X, y = images[:n_train], torch.randint(10, (n_train,), generator=g)
+        fast = build_model("convnet", (1, 28, 28), 10, seed=cfg.seed, dtype=dtype)
+        naive = build_model("convnet", (1, 28, 28), 10, seed=cfg.seed, dtype=dtype).to(
+            memory_format=torch.contiguous_format)
+        bits = torch.finfo(dtype).bits
+        for what, run_fast, run_naive in (
+                (f"evaluate {cfg.layout_images} images", lambda: predict_proba(fast, images),
+                 lambda: predict_proba(naive, images, chunk=4096)),
+                (f"train {epochs} epochs on {n_train}", lambda: train(fast, X, y, TrainConfig(epochs=epochs), seed=0),
+                 lambda: train(naive, X, y, TrainConfig(epochs=epochs), seed=0))):
+            fast_s, _, _ = timed(run_fast, cfg.repeats)
+            fast_cpu = LAST_CPU
+            naive_s, _, _ = timed(run_naive, cfg.repeats)
+            rows.append({"section": 6, "case": f"convnet float{bits} {what}", "fast_s": fast_s, "naive_s": naive_s,
+                         "fast_cpu_s": fast_cpu, "naive_cpu_s": LAST_CPU, "speedup": naive_s / fast_s,
+                         "speedup_cpu": LAST_CPU / fast_cpu})
+        naive.load_state_dict(fast.state_dict())  # same weights, each in its own layout: the same function
+        rows[-1]["max_rel_diff"] = float(np.abs(predict_proba(fast, images) - predict_proba(naive, images)).max())
+    return rows
+
+
 def _clock_seconds(text: str) -> float:
     parts = [float(p) for p in text.split(":")]
     seconds = 0.0
@@ -505,7 +538,7 @@ def _clock_seconds(text: str) -> float:
 
 
 SECTIONS = {1: section_top_fisher_scaling, 2: section_logreg_mnist, 3: section_per_query,
-            4: section_rounds, 5: section_q1}
+            4: section_rounds, 5: section_q1, 6: section_cnn_layout}
 
 
 def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict:
@@ -536,7 +569,7 @@ def format_table(result: dict) -> str:
         if r.get("fast_cpu_s") is not None:
             notes.append(f"fast cpu {_fmt_s(r['fast_cpu_s'])}")
         if "speedup_cpu" in r:
-            notes.append(f"cpu speedup {r['speedup_cpu']:.0f}x")
+            notes.append(f"cpu speedup {_fmt_x(r['speedup_cpu'])}")
         if "candidates_per_s" in r:
             notes.append(f"{r['candidates_per_s']:.3g} cand/s")
         if r.get("naive_extrapolated"):
@@ -555,8 +588,12 @@ def format_table(result: dict) -> str:
         cand = r.get("candidates", "")
         lines.append(f"{r['section']:<2} {r['case']:<44} {cand!s:>9} {_fmt_s(fast):>10} "
                      f"{_fmt_s(naive) if naive is not None else '-':>10} "
-                     f"{(str(round(r['speedup'])) + 'x') if 'speedup' in r else '-':>9}  {'; '.join(notes)}")
+                     f"{_fmt_x(r['speedup']) if 'speedup' in r else '-':>9}  {'; '.join(notes)}")
     return "\n".join(lines)
+
+
+def _fmt_x(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
 
 
 def _fmt_s(seconds: float | None) -> str:

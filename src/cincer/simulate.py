@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,19 +194,61 @@ def _row(repeat, t, loop, clean, learner, X_test, y_test, totals, extra, start) 
     return row
 
 
-def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None) -> tuple[pd.DataFrame, dict]:
-    """All repeats of a run; returns the per-round trace and the summary."""
+def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None,
+        checkpoint: Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """All repeats of a run; returns the per-round trace and the summary.
+
+    With ``checkpoint`` (a folder), each finished repeat is saved there and a later call with the
+    same configuration resumes after the last one: a repeat depends only on ``seed + repeat``, so
+    the resumed trace equals an uninterrupted one (timing columns aside). ``seconds`` in the
+    summary counts the compute of every repeat, resumed or not."""
     config.validate()
     data = data or load_dataset(config.dataset, seed=config.seed)
     config.check_fits(data)
-    start = time.perf_counter()
     rows: list[dict] = []
+    seconds = 0.0
     with tqdm(total=config.repeats * config.rounds, disable=not progress, unit="round",
               desc=f"{config.dataset}/{config.model}/{config.selector}") as bar:
         for repeat in range(config.repeats):
-            rows += run_repeat(config, data, repeat, progress=bar)
+            saved = load_repeat(checkpoint, config, repeat) if checkpoint is not None else None
+            if saved is None:
+                start = time.perf_counter()
+                repeat_rows = run_repeat(config, data, repeat, progress=bar)
+                saved = {"rows": repeat_rows, "seconds": time.perf_counter() - start}
+                if checkpoint is not None:
+                    save_repeat(checkpoint, config, repeat, saved)
+            else:
+                bar.update(config.rounds)
+            rows += saved["rows"]
+            seconds += saved["seconds"]
     trace = pd.DataFrame(rows)
-    return trace, summarize(trace, seconds=time.perf_counter() - start)
+    return trace, summarize(trace, seconds=seconds)
+
+
+def _repeat_file(folder: Path, repeat: int) -> Path:
+    return Path(folder) / f"repeat-{repeat}.json"
+
+
+def save_repeat(folder: Path, config: RunConfig, repeat: int, saved: dict) -> None:
+    """One finished repeat as JSON (with the configuration it belongs to), written atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _repeat_file(folder, repeat)
+    tmp = target.with_suffix(f".tmp-{os.getpid()}")
+    record = {"config": dataclasses.asdict(config), "repeat": repeat, **saved}
+    tmp.write_text(json.dumps(record, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    os.replace(tmp, target)
+
+
+def load_repeat(folder: Path, config: RunConfig, repeat: int) -> dict | None:
+    """A saved repeat of exactly this configuration, or None (missing, unreadable or other settings)."""
+    path = _repeat_file(folder, repeat)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    expected = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return record if record.get("config") == expected and record.get("repeat") == repeat else None
 
 
 def summarize(trace: pd.DataFrame, *, seconds: float) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import CincerError
 
-SECTION_NAMES = "1 top_fisher scaling, 2 mnist/logreg top_fisher, 3 influence/practical_fisher, 4 rounds, 5 Q1 run"
+SECTION_NAMES = "1 top_fisher scaling, 2 mnist/logreg top_fisher, 3 influence/practical_fisher, 4 rounds, 5 Q1 run, 6 convnet memory layout"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +34,9 @@ def parse_sections(text: str | None) -> tuple[int, ...] | None:
     try:
         sections = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise CincerError(f"--sections must be comma-separated numbers 1-5, got {text!r}") from None
-    if not sections or any(s not in (1, 2, 3, 4, 5) for s in sections):
-        raise CincerError(f"--sections must be comma-separated numbers 1-5, got {text!r}")
+        raise CincerError(f"--sections must be comma-separated numbers 1-6, got {text!r}") from None
+    if not sections or any(s not in (1, 2, 3, 4, 5, 6) for s in sections):
+        raise CincerError(f"--sections must be comma-separated numbers 1-6, got {text!r}")
     return sections
 
 

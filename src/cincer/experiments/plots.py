@@ -167,7 +167,8 @@ def markdown_table(folder: Path, exp: ExperimentConfig) -> str:
     lines = [f"### {exp.dataset} / {exp.model} — {exp.question.upper()}", ""]
     note = reduced_note(exp)
     lines += [f"**{note}**", ""] if note else [f"Paper protocol: {exp.repeats} repeats × {exp.rounds} rounds, "
-                                                f"{exp.epochs} epochs, {exp.known} known, {exp.noise:.0%} noise.", ""]
+                                                f"{exp.epochs} epochs, {exp.known} known, {exp.noise:.0%} noise, "
+                                                f"float{exp.bits}.", ""]
     if exp.question == "q2":
         lines += ["| method | precision@5 | precision@10 | precision@25 | noisy fraction of candidates | "
                   "queries / repeat | s / query |", "|---|---|---|---|---|---|---|"]

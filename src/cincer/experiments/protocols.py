@@ -9,7 +9,9 @@
 An experiment writes ``DIR/<method>/`` (config.json, trace.csv, summary.json) for each method,
 ``DIR/experiment.json`` (question, methods, every setting) and ``DIR/summary.csv``. A method whose
 ``summary.json`` exists is finished and skipped; results are written to a temporary folder and
-renamed into place, so an interrupted method leaves nothing that looks finished.
+renamed into place, so an interrupted method leaves nothing that looks finished. A loop method
+also keeps each finished repeat in ``DIR/.<method>.partial/``, so an interrupted one resumes at its
+next repeat.
 """
 
 from __future__ import annotations
@@ -197,6 +199,11 @@ def method_done(out: Path, method: str) -> bool:
     return (Path(out) / method / "summary.json").is_file()
 
 
+def partial_folder(out: Path, method: str) -> Path:
+    """Where a loop method keeps its finished repeats until all are done (resume after a crash)."""
+    return Path(out) / f".{method}.partial"
+
+
 def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = False,
                data: Dataset | None = None) -> str:
     """Run one method of an experiment into ``out/method`` unless finished; returns its status
@@ -204,6 +211,8 @@ def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = F
     out = Path(out)
     if method_done(out, method) and not force:
         return "skipped"
+    if force:  # redo everything, saved repeats included
+        shutil.rmtree(partial_folder(out, method), ignore_errors=True)
     config = method_config(exp, method)
     if exp.question == "q2":
         try:
@@ -213,10 +222,11 @@ def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = F
                 raise
             trace, summary = pd.DataFrame(columns=_RANKING_COLUMNS), {"status": "infeasible", "reason": str(err)}
     else:
-        trace, summary = run(config, progress=False, data=data)
+        trace, summary = run(config, progress=False, data=data, checkpoint=partial_folder(out, method))
         summary = {"status": "ok", **summary}
     summary = {"method": method, "question": exp.question, **summary}
     write_atomically(out, method, config, trace, summary)
+    shutil.rmtree(partial_folder(out, method), ignore_errors=True)
     return summary["status"]
 
 

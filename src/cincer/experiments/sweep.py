@@ -12,7 +12,7 @@ A sweep file (TOML)::
     repeats = 5
     [grid]                          # questions x pairs (or questions x datasets x models)
     questions = ["q1", "q2", "q3"]
-    pairs = [["breast", "fullnet"], ["adult", "fullnet"]]
+    pairs = [["breast", "fullnet"], ["adult", "fullnet"], ["mnist", "convnet", {bits = 32}]]
     [[experiment]]                  # single experiments; fields override [defaults]
     question = "q2"
     dataset = "german"
@@ -170,11 +170,12 @@ def load_sweep(path: Path, *, out: Path | None = None) -> Sweep:
             raise CincerError(f"{path}: unknown [grid] key(s): {', '.join(bad)}")
         pairs = [tuple(p) for p in grid.get("pairs", [])]
         pairs += [(d, m) for d in grid.get("datasets", []) for m in grid.get("models", [])]
-        if any(len(p) != 2 for p in pairs):
-            raise CincerError(f"{path}: each [grid] pair must be [dataset, model]")
-        for dataset, model in pairs:
+        if any(len(p) not in (2, 3) or (len(p) == 3 and not isinstance(p[2], dict)) for p in pairs):
+            raise CincerError(f"{path}: each [grid] pair must be [dataset, model] or [dataset, model, {{settings}}]")
+        for dataset, model, *settings in pairs:
             for question in grid.get("questions", ["q1", "q2", "q3"]):
-                entries.append({"question": question, "dataset": dataset, "model": model})
+                entries.append({**(settings[0] if settings else {}), "question": question, "dataset": dataset,
+                                "model": model})
     entries += [dict(e) for e in spec.get("experiment", [])]
     if not entries:
         raise CincerError(f"{path}: no experiments (add a [grid] or [[experiment]] tables)")
