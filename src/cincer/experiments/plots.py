@@ -148,7 +148,7 @@ def _save(fig, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     fig.savefig(paths[0], dpi=120)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # same figure, same bytes: no churn in git
     plt.close(fig)
     return paths
 
