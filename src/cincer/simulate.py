@@ -235,9 +235,14 @@ def save_repeat(folder: Path, config: RunConfig, repeat: int, saved: dict) -> No
     folder.mkdir(parents=True, exist_ok=True)
     target = _repeat_file(folder, repeat)
     tmp = target.with_suffix(f".tmp-{os.getpid()}")
-    record = {"config": dataclasses.asdict(config), "repeat": repeat, **saved}
+    record = {"config": _config_record(config), "repeat": repeat, **saved}
     tmp.write_text(json.dumps(record, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
     os.replace(tmp, target)
+
+
+def _config_record(config: RunConfig) -> dict:
+    """The configuration as it reads back from JSON, so a saved repeat compares equal to it."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def load_repeat(folder: Path, config: RunConfig, repeat: int) -> dict | None:
@@ -247,8 +252,7 @@ def load_repeat(folder: Path, config: RunConfig, repeat: int) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    expected = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    return record if record.get("config") == expected and record.get("repeat") == repeat else None
+    return record if record.get("config") == _config_record(config) and record.get("repeat") == repeat else None
 
 
 def summarize(trace: pd.DataFrame, *, seconds: float) -> dict:

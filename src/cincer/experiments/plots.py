@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..errors import CincerError  # noqa: E402
-from .protocols import ExperimentConfig, read_experiment  # noqa: E402
+from .protocols import ExperimentConfig, default_known, read_experiment  # noqa: E402
 
 PAPER = {"repeats": 5, "rounds": 100, "epochs": 100, "noise": 0.2, "threshold": 0.2}
 COLORS = {"top_fisher": "#d62728", "top_fisher_paper": "#ff9896", "none": "#1f77b4", "drop_ce": "#2ca02c",
@@ -51,8 +51,7 @@ def find_experiments(paths: list[Path]) -> list[Path]:
 def reduced_note(exp: ExperimentConfig) -> str:
     """Empty for the paper's protocol, else which settings were reduced."""
     diffs = [f"{k}={getattr(exp, k)}" for k, v in PAPER.items() if getattr(exp, k) != v]
-    default_known = 500 if exp.dataset in ("rotten_tomatoes", "20ng") else 100
-    if exp.known not in (None, default_known):
+    if exp.known not in (None, default_known(exp.dataset)):
         diffs.append(f"known={exp.known}")
     if exp.overrides:
         diffs.append(f"overrides={json.dumps(exp.overrides)}")

@@ -38,6 +38,11 @@ from ..simulate import PRECISION_KS, RunConfig, draw_repeat, new_learner, run, s
 PAPER_FIM_SAMPLES = 30
 TEXT_DATASETS = ("rotten_tomatoes", "20ng")  # the paper used 500 initial examples for 20NG
 
+
+def default_known(dataset: str) -> int:
+    """The paper's initial known-set size: 500 for the text data sets, 100 otherwise."""
+    return 500 if dataset in TEXT_DATASETS else 100
+
 # method name -> RunConfig fields that differ from the experiment's base configuration
 METHODS: dict[str, dict] = {
     "top_fisher": {"selector": "top_fisher", "fim_samples": None},  # exact top-layer FIM over all of D
@@ -101,7 +106,7 @@ class ExperimentConfig:
         DATASETS[self.dataset]  # unknown names raise, before anything is written
         if self.epochs < 1:
             raise CincerError(f"--epochs must be at least 1, got {self.epochs}")
-        known = self.known if self.known is not None else (500 if self.dataset in TEXT_DATASETS else 100)
+        known = self.known if self.known is not None else default_known(self.dataset)
         out = dataclasses.replace(self, methods=methods, known=known)
         for m in methods:
             method_config(out, m).validate()
@@ -115,7 +120,7 @@ class ExperimentConfig:
 def method_config(exp: ExperimentConfig, method: str) -> RunConfig:
     """The RunConfig of ``method`` in experiment ``exp``."""
     base = dataclasses.asdict(RunConfig(dataset=exp.dataset, model=exp.model, threshold=exp.threshold,
-                                        noise=exp.noise, known=exp.known if exp.known is not None else 100,
+                                        noise=exp.noise, known=exp.known if exp.known is not None else default_known(exp.dataset),
                                         rounds=exp.rounds, repeats=exp.repeats, seed=exp.seed, bits=exp.bits,
                                         train=TrainConfig(epochs=exp.epochs)))
     for key, value in exp.overrides.items():
@@ -232,9 +237,18 @@ def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = F
 
 def write_atomically(out: Path, method: str, config: RunConfig, trace: pd.DataFrame, summary: dict) -> None:
     """Write into a hidden temporary folder, then rename it to ``out/method``."""
-    tmp = out / f".{method}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_folder(out, method)
     write_results(tmp, config, trace, summary)
-    target = out / method
+    replace_folder(tmp, out / method)
+
+
+def temporary_folder(out: Path, method: str) -> Path:
+    """A hidden, unique sibling of ``out/method``: never mistaken for a finished method."""
+    return out / f".{method}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Move a fully written folder into place, replacing an older one."""
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

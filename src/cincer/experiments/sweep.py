@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 import tomllib
-import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CincerError
-from .protocols import (ExperimentConfig, collect_summary, method_config, method_done, run_method,
-                        write_experiment)
+from .protocols import (ExperimentConfig, collect_summary, method_config, method_done, replace_folder,
+                        run_method, temporary_folder, write_experiment)
 
 SLOW_FIRST = {"influence": 0, "full_fisher": 1, "practical_fisher": 2}  # start the long ones first
 
@@ -69,11 +67,9 @@ def run_task(task: Task) -> dict:
 
 def copy_method(src: Path, dst: Path, method: str) -> None:
     """Copy a finished method folder atomically (temporary copy, then rename)."""
-    tmp = dst / f".{method}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_folder(dst, method)
     shutil.copytree(src / method, tmp)
-    if (dst / method).exists():
-        shutil.rmtree(dst / method)
-    os.replace(tmp, dst / method)
+    replace_folder(tmp, dst / method)
 
 
 def run_tasks(tasks: list[Task], *, jobs: int = 1, cluster: str | None = None, log=print) -> list[dict]:
