@@ -43,14 +43,21 @@ def test_kill_9_loses_no_acknowledged_decision_and_applies_none_twice(project, t
     events: list[str] = []
     kills, retries, conflicts_on_retry = 0, 0, 0
     client = httpx.Client(base_url=server.url, timeout=10.0)
+    # A kill is armed after a random number of acknowledged answers and fires a few milliseconds later,
+    # so it lands inside or between the next requests. Counting answers rather than seconds keeps the
+    # drill from running out of queries before N_KILLS kills on a fast machine (it did, on CI).
+    timer: threading.Thread | None = None
+    answers_until_kill = rng.randint(1, 4)
 
-    def killer(delay: float) -> None:
-        time.sleep(delay)
-        server.kill()
+    def arm_kill() -> threading.Thread:
+        def killer(delay: float) -> None:
+            time.sleep(delay)
+            server.kill()
+        thread = threading.Thread(target=killer, args=(rng.uniform(0.0, 0.03),))
+        thread.start()
+        return thread
 
     try:
-        timer = threading.Thread(target=killer, args=(rng.uniform(0.1, 0.8),))
-        timer.start()
         pending: tuple[str, dict] | None = None
         deadline = time.monotonic() + 180  # generous: a loaded 2-core box starts a server in ~10 s
         while (pending is not None or len(acked) < 20 or kills < N_KILLS) and time.monotonic() < deadline:
@@ -79,16 +86,21 @@ def test_kill_9_loses_no_acknowledged_decision_and_applies_none_twice(project, t
                 else:
                     pytest.fail(f"unexpected {r.status_code}: {r.text}")
                 pending = None
+                answers_until_kill -= 1
+                if answers_until_kill == 0 and timer is None and kills < N_KILLS:
+                    timer = arm_kill()
             except httpx.TransportError as err:
                 events.append(f"transport error {type(err).__name__}, pending={pending}")
+                if timer is None:
+                    raise  # not one of ours
                 timer.join()
+                timer = None
                 kills += 1
                 retries += pending is not None
                 server.start()
-                if kills < N_KILLS:
-                    timer = threading.Thread(target=killer, args=(rng.uniform(0.1, 0.8),))
-                    timer.start()
-        timer.join()
+                answers_until_kill = rng.randint(1, 4)
+        if timer is not None:
+            timer.join()
         assert kills >= N_KILLS, f"only {kills} kills happened"
         state = client.get("/api/state").json()
     finally:
