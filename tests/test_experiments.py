@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -237,6 +238,14 @@ def test_sweep_on_a_dask_cluster(tmp_path):
         records = run_sweep(load_sweep(write_sweep(tmp_path, root)), cluster=cluster.scheduler_address, log=SILENT)
     assert len(records) == 4
     check_sweep(root)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "docs" / "results").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_published_sweep_files_resolve(path):
+    """The sweep files the reproduction tells people to run name real data sets, models and methods."""
+    sweep = load_sweep(path)
+    assert sweep.experiments and all(str(target).startswith("runs/") for _, target in sweep.experiments)
 
 
 def test_sweep_file_errors(tmp_path):
