@@ -106,11 +106,15 @@ class ExperimentConfig:
         DATASETS[self.dataset]  # unknown names raise, before anything is written
         if self.epochs < 1:
             raise CincerError(f"--epochs must be at least 1, got {self.epochs}")
-        known = self.known if self.known is not None else default_known(self.dataset)
-        out = dataclasses.replace(self, methods=methods, known=known)
+        out = dataclasses.replace(self, methods=methods, known=self.initial_known)
         for m in methods:
             method_config(out, m).validate()
         return out
+
+    @property
+    def initial_known(self) -> int:
+        """The initial known-set size: the one given, or the paper's for this data set."""
+        return self.known if self.known is not None else default_known(self.dataset)
 
     @property
     def label(self) -> str:
@@ -120,7 +124,7 @@ class ExperimentConfig:
 def method_config(exp: ExperimentConfig, method: str) -> RunConfig:
     """The RunConfig of ``method`` in experiment ``exp``."""
     base = dataclasses.asdict(RunConfig(dataset=exp.dataset, model=exp.model, threshold=exp.threshold,
-                                        noise=exp.noise, known=exp.known if exp.known is not None else default_known(exp.dataset),
+                                        noise=exp.noise, known=exp.initial_known,
                                         rounds=exp.rounds, repeats=exp.repeats, seed=exp.seed, bits=exp.bits,
                                         train=TrainConfig(epochs=exp.epochs)))
     for key, value in exp.overrides.items():
