@@ -178,6 +178,25 @@ def test_interrupted_method_resumes_at_its_next_repeat(tmp_path, monkeypatch):
     assert load_repeat(tmp_path / "p", config, 1) is None
 
 
+def test_a_repeat_run_elsewhere_resumes_the_method(tmp_path):
+    """scripts/repeats_on_device.py's path: one repeat on a named device, saved as a checkpoint, is taken
+    as is by the experiment, and equals the repeat the experiment would have run."""
+    import cincer.simulate as simulate
+    from cincer.experiments.protocols import partial_folder
+
+    exp = ExperimentConfig(question="q1", methods=["drop_ce"], **{**TINY, "repeats": 2}).resolved()
+    config = method_config(exp, "drop_ce")
+    data = simulate.load_dataset(exp.dataset, seed=exp.seed)
+    rows = simulate.run_repeat(config, data, 1, device="cpu")
+    simulate.save_repeat(partial_folder(tmp_path / "elsewhere", "drop_ce"), config, 1, {"rows": rows, "seconds": 9.0})
+    run_experiment(exp, tmp_path / "elsewhere", log=SILENT)
+    run_experiment(exp, tmp_path / "here", log=SILENT)
+    timing = [c for c in pd.read_csv(tmp_path / "here" / "drop_ce" / "trace.csv").columns if "seconds" in c]
+    a, b = (pd.read_csv(tmp_path / d / "drop_ce" / "trace.csv").drop(columns=timing) for d in ("here", "elsewhere"))
+    pd.testing.assert_frame_equal(a, b)
+    assert read_summary(tmp_path / "elsewhere", "drop_ce")["seconds"] > 9.0  # the saved repeat's time counts
+
+
 def write_sweep(tmp_path, out) -> os.PathLike:
     path = tmp_path / "sweep.toml"
     path.write_text(f"""

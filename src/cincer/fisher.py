@@ -33,7 +33,7 @@ def augment(H: torch.Tensor) -> torch.Tensor:
 def residuals(P: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``e_y - p`` for each row: the gradient of log P(y|x) with respect to the logits."""
     R = -P.clone()
-    R[torch.arange(len(y)), y] += 1.0
+    R[torch.arange(len(y), device=y.device), y] += 1.0
     return R
 
 
@@ -143,9 +143,9 @@ class TopLayerFisher:
         self.Ht = augment(H)                 # (n, A)
         self.n, self.A = self.Ht.shape
         self.C = P.shape[1]
-        self.Q = sum_free_basis(self.C, P.dtype)             # (C, C-1)
-        self.R = reduced_fisher_blocks(P, self.Q)           # (n, C-1, C-1)
-        self.L = self.Q @ self.R.transpose(1, 2)            # (n, C, C-1): L_i L_i^T = diag p_i - p_i p_i^T
+        self.Q = sum_free_basis(self.C, P.dtype).to(P.device)  # (C, C-1)
+        self.R = reduced_fisher_blocks(P, self.Q)              # (n, C-1, C-1)
+        self.L = self.Q @ self.R.transpose(1, 2)               # (n, C, C-1): L_i L_i^T = diag p_i - p_i p_i^T
         self.dim = self.C * self.A
         self.sub_dim = (self.C - 1) * self.A
         self.rank_bound = self.n * (self.C - 1)
@@ -237,13 +237,13 @@ class FisherSolver:
         if self.method == "dense":
             S = factor.dense_sub() if self._sub else factor.dense()
             if damping > 0:
-                self._inv = _Inverse.cholesky(S + damping * torch.eye(len(S), dtype=S.dtype))
+                self._inv = _Inverse.cholesky(S + damping * torch.eye(len(S), dtype=S.dtype, device=S.device))
             else:
                 self._inv = _Inverse.pinv(S, rtol, factorization)
         elif self.method == "gram":
             M = factor.gram()
             if damping > 0:  # (UU^T/n + l I)^{-1} = (I - U (n l I + M)^{-1} U^T) / l
-                self._inv = _Inverse.cholesky(M + factor.n * damping * torch.eye(len(M), dtype=M.dtype))
+                self._inv = _Inverse.cholesky(M + factor.n * damping * torch.eye(len(M), dtype=M.dtype, device=M.device))
             else:            # (UU^T/n)^+ = n U (M^+)^2 U^T
                 self._inv = _Inverse.pinv(M, rtol, factorization)
         else:
@@ -287,7 +287,7 @@ class _Inverse:
         ``S^+ = S^{-1}``; otherwise (or when asked) eigendecompose."""
         if factorization == "auto" and len(S):
             tau = 2.0 * rtol * torch.diagonal(S).sum().clamp_min(0)
-            eye = torch.eye(len(S), dtype=S.dtype)
+            eye = torch.eye(len(S), dtype=S.dtype, device=S.device)
             _, shifted_info = torch.linalg.cholesky_ex(S - tau * eye)
             if int(shifted_info) == 0:
                 chol, info = torch.linalg.cholesky_ex(S)

@@ -102,15 +102,15 @@ def lissa(hvp: HVP, v: torch.Tensor, *, damping: float = 1.0, depth: int = 10, s
 def conjugate_gradient(hvp: HVP, v: torch.Tensor, *, damping: float = 0.0, tol: float = 1e-10,
                        maxiter: int = 1000) -> torch.Tensor:
     """``(H + damping I)^{-1} v`` by SciPy's CG over Hessian-vector products (H must be PSD after damping)."""
-    dtype = v.dtype
+    dtype, device = v.dtype, v.device
 
     def matvec(x: np.ndarray) -> np.ndarray:
-        xt = torch.as_tensor(np.ascontiguousarray(x).ravel(), dtype=dtype)
-        return (hvp(xt) + damping * xt).detach().numpy()
+        xt = torch.as_tensor(np.ascontiguousarray(x).ravel(), dtype=dtype, device=device)
+        return (hvp(xt) + damping * xt).detach().cpu().numpy()
 
     op = LinearOperator((len(v), len(v)), matvec=matvec, dtype=np.float64)
-    x, _ = cg(op, v.detach().numpy().astype(np.float64), rtol=tol, atol=0.0, maxiter=maxiter)
-    return torch.as_tensor(x, dtype=dtype)
+    x, _ = cg(op, v.detach().cpu().numpy().astype(np.float64), rtol=tol, atol=0.0, maxiter=maxiter)
+    return torch.as_tensor(x, dtype=dtype, device=device)
 
 
 def exact_solve(H: torch.Tensor, v: torch.Tensor, *, damping: float = 0.0) -> torch.Tensor:

@@ -74,7 +74,7 @@ class SelectionContext:
         return self.learner.model
 
     def label_tensor(self, idx: np.ndarray | list[int]) -> torch.Tensor:
-        return torch.as_tensor(self.labels[np.asarray(idx)], dtype=torch.long)
+        return torch.as_tensor(self.labels[np.asarray(idx)], dtype=torch.long, device=self.X.device)
 
 
 Selector = Callable[[SelectionContext], Ranking]
@@ -105,7 +105,7 @@ def top_fisher_ranking(learner: Learner, X: torch.Tensor, labels: np.ndarray, ta
     """CINCER: rank candidates by ``-g_t^T F^{-1} g_k`` over the top layer, in closed form."""
     idx = np.concatenate([[target], candidates, fim_examples])
     H, P = learner.features_and_probs(X[idx])
-    y = torch.as_tensor(labels[idx], dtype=torch.long)
+    y = torch.as_tensor(labels[idx], dtype=torch.long, device=H.device)
     n_cand = len(candidates)
     solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping)
     g_t = top_layer_scores(H[:1], P[:1], y[:1])[0]
@@ -173,7 +173,7 @@ def nearest(**_) -> Selector:
     from sklearn.metrics import pairwise_distances
 
     def select(ctx: SelectionContext) -> Ranking:
-        flat = lambda idx: ctx.X[idx].reshape(len(idx), -1).numpy()
+        flat = lambda idx: ctx.X[idx].reshape(len(idx), -1).cpu().numpy()
         dist = pairwise_distances(flat([ctx.target]), flat(ctx.candidates))[0]
         return Ranking.from_scores(ctx.candidates, -dist)
     return select

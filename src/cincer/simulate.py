@@ -121,12 +121,16 @@ def draw_repeat(config, data: Dataset, repeat: int) -> Draw:
 def new_learner(config, data: Dataset, draw: Draw) -> Learner:
     """A fresh model of ``config.model`` (same seed, same initial weights) and its trainer."""
     model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=draw.seed, dtype=draw.X.dtype)
-    return Learner(model, config.train, seed=draw.seed)
+    return Learner(model.to(draw.X.device), config.train, seed=draw.seed)  # built on the CPU: same weights anywhere
 
 
-def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None) -> list[dict]:
-    """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round."""
+def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None,
+               device: str | torch.device | None = None) -> list[dict]:
+    """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round.
+    ``device`` (e.g. ``"cuda"``) is where the model trains and the pool lives; the draws do not depend on it."""
     draw = draw_repeat(config, data, repeat)
+    if device is not None:
+        draw = dataclasses.replace(draw, X=draw.X.to(device), X_test=draw.X_test.to(device))
     X, X_test, noisy, clean = draw.X, draw.X_test, draw.noisy, data.y_train
     learner = new_learner(config, data, draw)
     loop = CleaningLoop(learner, X, noisy, draw.known,

@@ -35,6 +35,7 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, config: TrainConfi
     generator = torch.Generator().manual_seed(seed)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
+    y = y.to(X.device)  # labels often arrive as a CPU tensor from NumPy
     n = len(y)
     model.train()
     with torch.random.fork_rng(devices=[]):
