@@ -9,13 +9,12 @@ How docs/REPRODUCTION.md's GPU repeats were run: one process per repeat, all at 
 Repeats on a GPU are not bit-identical to the CPU's (cuDNN's convolution kernels differ), only equivalent.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from cincer import simulate
+from cincer import load_dataset, simulate
 from cincer.experiments.protocols import ExperimentConfig, method_config, partial_folder
 
 
@@ -31,7 +30,7 @@ class PrintProgress:
             print(f"{self.unit} round {self.rounds} {time.perf_counter() - self.start:.1f}s", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("units", nargs="+", help="question:method:repeat, e.g. q1:none:3")
     parser.add_argument("--dataset", required=True)
@@ -39,16 +38,20 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=5, help="the experiment's (part of the configuration it checks)")
+    parser.add_argument("--rounds", type=int, default=100, help="the paper's 100; fewer for a quick check")
+    parser.add_argument("--epochs", type=int, default=100, help="the paper's 100; fewer for a quick check")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.backends.cudnn.allow_tf32 = False  # float32 arithmetic, as on a CPU
     torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    data = simulate.load_dataset(args.dataset, seed=0)
+    data = load_dataset(args.dataset, seed=0)
     for unit in args.units:
         question, method, repeat = unit.split(":")
-        exp = ExperimentConfig(question=question, dataset=args.dataset, model=args.model, bits=args.bits).resolved()
+        exp = ExperimentConfig(question=question, dataset=args.dataset, model=args.model, bits=args.bits,
+                               repeats=args.repeats, rounds=args.rounds, epochs=args.epochs).resolved()
         config = method_config(exp, method)
         start = time.perf_counter()
         rows = simulate.run_repeat(config, data, int(repeat), progress=PrintProgress(unit), device=device)
@@ -59,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
