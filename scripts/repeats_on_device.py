@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cincer import load_dataset, simulate
+from cincer.simulate import resolve_device
 from cincer.experiments.protocols import ExperimentConfig, method_config, partial_folder
 
 
@@ -43,9 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=100, help="the paper's 100; fewer for a quick check")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    torch.backends.cudnn.allow_tf32 = False  # float32 arithmetic, as on a CPU
-    torch.backends.cuda.matmul.allow_tf32 = False
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     data = load_dataset(args.dataset, seed=0)
     for unit in args.units:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the paper's Q1, Q2, Q3 on its eight (data set, model) pairs, then the figures and tables.
 #
-# Usage: scripts/reproduce.sh [--jobs N] [--cluster ADDRESS] [--threads T] [--sweep FILE] [--out DIR]
+# Usage: scripts/reproduce.sh [--jobs N] [--cluster ADDRESS] [--threads T] [--device D] [--sweep FILE] [--out DIR]
 #                            [--results DIR]   (figures and tables; default docs/results)
 #        scripts/reproduce.sh --estimate        (time a 1-repeat, 2-round, 10-epoch run per pair and
 #                                                extrapolate the full protocol's CPU time: an estimate)
@@ -19,7 +19,7 @@ ARGS=()
 ESTIMATE=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --jobs|--cluster|--threads) ARGS+=("$1" "$2"); shift 2 ;;
+        --jobs|--cluster|--threads|--device) ARGS+=("$1" "$2"); shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
         --sweep) SWEEP=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;

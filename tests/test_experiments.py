@@ -227,6 +227,29 @@ rounds = 20
     return path
 
 
+def test_device_option(q2, tmp_path, capsys, monkeypatch):
+    """--device: a bad name or a missing GPU is a one-line error before anything is written; on the CPU,
+    Q2's fixed-model path gives the default run's results (the loop's: test_a_repeat_run_elsewhere...)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    experiment = ["experiment", "q2", "--dataset", "synthetic", "--out", str(tmp_path / "x")]
+    sweep = ["sweep", str(write_sweep(tmp_path, tmp_path / "x"))]
+    for argv in (experiment, sweep):
+        assert cli_main(argv + ["--device", "bogus"]) == 2
+        assert "unknown device 'bogus'" in capsys.readouterr().err
+        assert cli_main(argv + ["--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+    out, _ = q2
+    exp = read_experiment(out)
+    run_experiment(exp, tmp_path / "cpu", device="cpu", log=SILENT)
+    for method in exp.methods:
+        a, b = (pd.read_csv(d / method / "trace.csv").drop(columns="select_seconds") for d in (out, tmp_path / "cpu"))
+        pd.testing.assert_frame_equal(a, b)
+
+
 def check_sweep(root) -> None:
     for question, methods in (("q1", ["none", "top_fisher_paper"]), ("q3", ["top_fisher_paper", "random"]),
                               ("q2", ["nearest"])):

@@ -118,6 +118,30 @@ def draw_repeat(config, data: Dataset, repeat: int) -> Draw:
                 noisy, order[:known], order[known:known + rounds])
 
 
+def resolve_device(name: str | None) -> torch.device | None:
+    """``None`` (the CPU) or a torch device that exists on this machine. On CUDA, TF32 is turned off
+    so that float32 stays float32, as on a CPU."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CincerError(f"unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CincerError(f"device {name!r}: this machine has no CUDA GPU that torch can use")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device
+
+
+def on_device(draw: Draw, device: str | torch.device | None) -> Draw:
+    """The repeat's pool and test set where the model computes; the draws themselves never move."""
+    if device is None:
+        return draw
+    return dataclasses.replace(draw, X=draw.X.to(device), X_test=draw.X_test.to(device))
+
+
 def new_learner(config, data: Dataset, draw: Draw) -> Learner:
     """A fresh model of ``config.model`` (same seed, same initial weights) and its trainer."""
     model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=draw.seed, dtype=draw.X.dtype)
@@ -128,9 +152,7 @@ def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm 
                device: str | torch.device | None = None) -> list[dict]:
     """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round.
     ``device`` (e.g. ``"cuda"``) is where the model trains and the pool lives; the draws do not depend on it."""
-    draw = draw_repeat(config, data, repeat)
-    if device is not None:
-        draw = dataclasses.replace(draw, X=draw.X.to(device), X_test=draw.X_test.to(device))
+    draw = on_device(draw_repeat(config, data, repeat), device)
     X, X_test, noisy, clean = draw.X, draw.X_test, draw.noisy, data.y_train
     learner = new_learner(config, data, draw)
     loop = CleaningLoop(learner, X, noisy, draw.known,
@@ -199,13 +221,13 @@ def _row(repeat, t, loop, clean, learner, X_test, y_test, totals, extra, start) 
 
 
 def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None,
-        checkpoint: Path | None = None) -> tuple[pd.DataFrame, dict]:
+        checkpoint: Path | None = None, device: str | torch.device | None = None) -> tuple[pd.DataFrame, dict]:
     """All repeats of a run; returns the per-round trace and the summary.
 
     With ``checkpoint`` (a folder), each finished repeat is saved there and a later call with the
     same configuration resumes after the last one: a repeat depends only on ``seed + repeat``, so
     the resumed trace equals an uninterrupted one (timing columns aside). ``seconds`` in the
-    summary counts the compute of every repeat, resumed or not."""
+    summary counts the compute of every repeat, resumed or not. ``device``: see :func:`run_repeat`."""
     config.validate()
     data = data or load_dataset(config.dataset, seed=config.seed)
     config.check_fits(data)
@@ -217,7 +239,7 @@ def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None
             saved = load_repeat(checkpoint, config, repeat) if checkpoint is not None else None
             if saved is None:
                 start = time.perf_counter()
-                repeat_rows = run_repeat(config, data, repeat, progress=bar)
+                repeat_rows = run_repeat(config, data, repeat, progress=bar, device=device)
                 saved = {"rows": repeat_rows, "seconds": time.perf_counter() - start}
                 if checkpoint is not None:
                     save_repeat(checkpoint, config, repeat, saved)

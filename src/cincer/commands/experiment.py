@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import CincerError
 from ..experiments.protocols import METHODS, QUESTIONS, ExperimentConfig, run_experiment
+from ..simulate import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help='any other RunConfig field, e.g. --set damping=1e-3 --set \'train={"batch_size": 64}\'')
     p.add_argument("--jobs", type=int, default=1, help="methods run in parallel (local processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per method run (0: torch's default)")
+    p.add_argument("--device", default=None,
+                   help="where the models train, e.g. cuda (default: the CPU); results are equivalent, not bit-identical")
     p.add_argument("--force", action="store_true", help="rerun finished methods")
     p.add_argument("--out", type=Path, required=True, help="experiment folder")
     p.set_defaults(func=main)
@@ -63,7 +66,9 @@ def main(args: argparse.Namespace) -> int:
                            repeats=args.repeats, rounds=args.rounds, known=args.known, noise=args.noise,
                            threshold=args.threshold, epochs=args.epochs, seed=args.seed, bits=args.bits,
                            overrides=parse_overrides(args.overrides))
-    frame = run_experiment(exp, args.out, force=args.force, jobs=args.jobs, threads=args.threads or None)
+    resolve_device(args.device)  # a bad name fails before anything is written
+    frame = run_experiment(exp, args.out, force=args.force, jobs=args.jobs, threads=args.threads or None,
+                           device=args.device)
     cols = [c for c in ("method", "status", "f1_final_mean", "f1_final_std", "cleaned_final_mean",
                         "queries_final_mean", "pr5_mean", "pr10_mean", "pr25_mean", "seconds") if c in frame]
     if len(frame):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import CincerError
 from ..experiments.sweep import load_sweep, run_sweep
+from ..simulate import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run on an existing Dask distributed scheduler, e.g. tcp://127.0.0.1:8786")
     p.add_argument("--out", type=Path, default=None, help="root folder (overrides the file's 'out')")
     p.add_argument("--threads", type=int, default=1, help="torch threads per method run (0: torch's default)")
+    p.add_argument("--device", default=None,
+                   help="where the models train, e.g. cuda (default: the CPU); results are equivalent, not bit-identical")
     p.add_argument("--force", action="store_true", help="rerun finished methods")
     p.add_argument("--dry-run", action="store_true", help="list the experiments and what is left, run nothing")
     p.set_defaults(func=main)
@@ -35,6 +38,9 @@ def main(args: argparse.Namespace) -> int:
             left = [m for m in exp.methods or [] if args.force or not (out / m / "summary.json").is_file()]
             print(f"{exp.label:<40} {out}  left: {', '.join(left) or '-'}")
         return 0
-    records = run_sweep(sweep, jobs=args.jobs, cluster=args.cluster, force=args.force, threads=args.threads or None)
+    if args.cluster is None:
+        resolve_device(args.device)  # on a cluster the workers check it: they may have GPUs this machine lacks
+    records = run_sweep(sweep, jobs=args.jobs, cluster=args.cluster, force=args.force, threads=args.threads or None,
+                        device=args.device)
     print(f"{len(records)} method run(s) done; {len(sweep.experiments)} experiment(s) summarised")
     return 0

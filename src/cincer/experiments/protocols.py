@@ -33,7 +33,8 @@ from ..errors import CincerError
 from ..metrics import precision_at_k, test_metrics
 from ..models import TrainConfig
 from ..select import SELECTORS, SelectionContext, candidates_for
-from ..simulate import PRECISION_KS, RunConfig, draw_repeat, new_learner, run, selector_params, write_results
+from ..simulate import (PRECISION_KS, RunConfig, draw_repeat, new_learner, on_device, run, selector_params,
+                        write_results)
 
 PAPER_FIM_SAMPLES = 30
 TEXT_DATASETS = ("rotten_tomatoes", "20ng")  # the paper used 500 initial examples for 20NG
@@ -140,7 +141,8 @@ def method_config(exp: ExperimentConfig, method: str) -> RunConfig:
 
 # --------------------------------------------------------------------------- Q2: fixed-model ranking
 
-def run_ranking(config: RunConfig, *, data: Dataset | None = None) -> tuple[pd.DataFrame, dict]:
+def run_ranking(config: RunConfig, *, data: Dataset | None = None,
+                device: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Q2 with one selector: one row per query (stream example the fixed model gets wrong)."""
     config.validate()
     data = data or load_dataset(config.dataset, seed=config.seed)
@@ -149,7 +151,7 @@ def run_ranking(config: RunConfig, *, data: Dataset | None = None) -> tuple[pd.D
     rows: list[dict] = []
     repeat_metrics = []
     for repeat in range(config.repeats):
-        repeat_rows, metrics = _ranking_repeat(config, data, repeat)
+        repeat_rows, metrics = _ranking_repeat(config, data, repeat, device)
         rows += repeat_rows
         repeat_metrics.append(metrics)
     trace = pd.DataFrame(rows, columns=_RANKING_COLUMNS)
@@ -160,8 +162,8 @@ _RANKING_COLUMNS = ["repeat", "query_index", "label", "prediction", "n_candidate
                     "chance"] + [f"pr{k}" for k in PRECISION_KS] + ["select_seconds"]
 
 
-def _ranking_repeat(config: RunConfig, data: Dataset, repeat: int) -> tuple[list[dict], dict]:
-    draw = draw_repeat(config, data, repeat)  # the same draws as cincer.simulate.run_repeat
+def _ranking_repeat(config: RunConfig, data: Dataset, repeat: int, device: str | None) -> tuple[list[dict], dict]:
+    draw = on_device(draw_repeat(config, data, repeat), device)  # the same draws as cincer.simulate.run_repeat
     seed, X, noisy, known, stream, clean = draw.seed, draw.X, draw.noisy, draw.known, draw.stream, data.y_train
     learner = new_learner(config, data, draw).fit(X[known], noisy[known])
     labels = noisy.copy()
@@ -214,9 +216,9 @@ def partial_folder(out: Path, method: str) -> Path:
 
 
 def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = False,
-               data: Dataset | None = None) -> str:
+               data: Dataset | None = None, device: str | None = None) -> str:
     """Run one method of an experiment into ``out/method`` unless finished; returns its status
-    (``skipped``, ``ok`` or ``infeasible``)."""
+    (``skipped``, ``ok`` or ``infeasible``). ``device`` (e.g. ``"cuda"``): where the models train."""
     out = Path(out)
     if method_done(out, method) and not force:
         return "skipped"
@@ -225,13 +227,14 @@ def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = F
     config = method_config(exp, method)
     if exp.question == "q2":
         try:
-            trace, summary = run_ranking(config, data=data)
+            trace, summary = run_ranking(config, data=data, device=device)
         except CincerError as err:  # full_fisher above its size limit
             if config.selector != "full_fisher":
                 raise
             trace, summary = pd.DataFrame(columns=_RANKING_COLUMNS), {"status": "infeasible", "reason": str(err)}
     else:
-        trace, summary = run(config, progress=False, data=data, checkpoint=partial_folder(out, method))
+        trace, summary = run(config, progress=False, data=data, checkpoint=partial_folder(out, method),
+                             device=device)
         summary = {"status": "ok", **summary}
     summary = {"method": method, "question": exp.question, **summary}
     write_atomically(out, method, config, trace, summary)
@@ -318,13 +321,13 @@ def collect_summary(out: Path, exp: ExperimentConfig) -> pd.DataFrame:
 
 
 def run_experiment(exp: ExperimentConfig, out: Path, *, force: bool = False, jobs: int = 1,
-                   threads: int | None = 1, log=print) -> pd.DataFrame:
+                   threads: int | None = 1, device: str | None = None, log=print) -> pd.DataFrame:
     """Every method of ``exp`` into ``out``; finished methods are skipped unless ``force``."""
     from .sweep import Task, raise_failures, run_tasks
 
     exp = exp.resolved()
     out = Path(out)
-    tasks = [Task(exp, m, out, force, threads) for m in exp.methods or []]
+    tasks = [Task(exp, m, out, force, threads, device) for m in exp.methods or []]
     merged = write_experiment(out, exp, force=force)
     records = run_tasks(tasks, jobs=jobs, log=log)
     frame = collect_summary(out, merged)

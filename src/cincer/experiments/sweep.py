@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CincerError
+from ..simulate import resolve_device
 from .protocols import (ExperimentConfig, collect_summary, method_config, method_done, replace_folder,
                         run_method, temporary_folder, write_experiment)
 
@@ -46,6 +47,7 @@ class Task:
     out: Path
     force: bool = False
     threads: int | None = 1  # torch threads per method run (None: torch's default); small nets run best on 1
+    device: str | None = None  # where the models train (None: the CPU)
 
     def key(self) -> str:
         """Identical work has an identical key (the question matters only as Q2 vs the loop)."""
@@ -60,7 +62,8 @@ def run_task(task: Task) -> dict:
         import torch
         torch.set_num_threads(task.threads)
     start = time.perf_counter()
-    status = run_method(task.exp, task.method, task.out, force=task.force)
+    resolve_device(task.device)  # checked in the worker, which may be another machine; sets its float32 mode
+    status = run_method(task.exp, task.method, task.out, force=task.force, device=task.device)
     return {"experiment": task.exp.label, "method": task.method, "status": status,
             "seconds": time.perf_counter() - start}
 
@@ -188,12 +191,12 @@ def load_sweep(path: Path, *, out: Path | None = None) -> Sweep:
 
 
 def run_sweep(sweep: Sweep, *, jobs: int | None = None, cluster: str | None = None, force: bool = False,
-              threads: int | None = 1, log=print) -> list[dict]:
+              threads: int | None = 1, device: str | None = None, log=print) -> list[dict]:
     """Every experiment of the sweep; finished methods are skipped, summaries rebuilt at the end."""
     tasks, merged = [], []
     for exp, out in sweep.experiments:
         merged.append((write_experiment(out, exp, force=force), out))
-        tasks += [Task(exp, m, out, force, threads) for m in exp.methods or []]
+        tasks += [Task(exp, m, out, force, threads, device) for m in exp.methods or []]
     records = run_tasks(tasks, jobs=jobs or sweep.jobs, cluster=cluster, log=log)
     for exp, out in merged:
         collect_summary(out, exp)
