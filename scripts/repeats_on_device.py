@@ -45,19 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device = resolve_device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     data = load_dataset(args.dataset, seed=0)
     for unit in args.units:
         question, method, repeat = unit.split(":")
         exp = ExperimentConfig(question=question, dataset=args.dataset, model=args.model, bits=args.bits,
                                repeats=args.repeats, rounds=args.rounds, epochs=args.epochs).resolved()
         config = method_config(exp, method)
-        start = time.perf_counter()
-        rows = simulate.run_repeat(config, data, int(repeat), progress=PrintProgress(unit), device=device)
-        seconds = time.perf_counter() - start
-        simulate.save_repeat(partial_folder(args.out / question, method), config, int(repeat),
-                             {"rows": rows, "seconds": seconds, "device": where})
-        print(f"{unit} done {seconds:.1f}s on {where}", flush=True)
+        saved = simulate.compute_repeat(config, data, int(repeat), progress=PrintProgress(unit), device=device,
+                                        checkpoint=partial_folder(args.out / question, method))
+        print(f"{unit} done {saved['seconds']:.1f}s on {saved['device']}", flush=True)
 
 
 if __name__ == "__main__":

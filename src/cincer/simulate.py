@@ -238,17 +238,24 @@ def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None
         for repeat in range(config.repeats):
             saved = load_repeat(checkpoint, config, repeat) if checkpoint is not None else None
             if saved is None:
-                start = time.perf_counter()
-                repeat_rows = run_repeat(config, data, repeat, progress=bar, device=device)
-                saved = {"rows": repeat_rows, "seconds": time.perf_counter() - start}
-                if checkpoint is not None:
-                    save_repeat(checkpoint, config, repeat, saved)
+                saved = compute_repeat(config, data, repeat, progress=bar, device=device, checkpoint=checkpoint)
             else:
                 bar.update(config.rounds)
             rows += saved["rows"]
             seconds += saved["seconds"]
     trace = pd.DataFrame(rows)
     return trace, summarize(trace, seconds=seconds)
+
+
+def compute_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None,
+                   device: str | torch.device | None = None, checkpoint: Path | None = None) -> dict:
+    """One repeat timed (``rows``, ``seconds``, ``device``), saved to ``checkpoint`` when given."""
+    start = time.perf_counter()
+    rows = run_repeat(config, data, repeat, progress=progress, device=device)
+    saved = {"rows": rows, "seconds": time.perf_counter() - start, "device": str(device or "cpu")}
+    if checkpoint is not None:
+        save_repeat(checkpoint, config, repeat, saved)
+    return saved
 
 
 def _repeat_file(folder: Path, repeat: int) -> Path:
