@@ -5,7 +5,7 @@
 VENV ?= .venv
 ARGS ?= run --dataset breast --model fullnet --selector top_fisher --out runs/breast_fullnet_top_fisher
 
-.PHONY: setup run test
+.PHONY: setup run test lint
 
 setup:
 	@VENV=$(VENV) bash scripts/setup.sh
@@ -15,3 +15,7 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/mypy

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from cincer import load_dataset, simulate
-from cincer.simulate import resolve_device
+from cincer import load_dataset
+from cincer.device import resolve_device
+from cincer.experiments import simulate
 from cincer.experiments.protocols import ExperimentConfig, method_config, partial_folder
 
 

@@ -9,11 +9,19 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-import cincer
-from cincer.api import (Cleaner, InputError, LabelQuery, ModelError, QueryError, counterexamples, load_plugins,
-                        register_inspector, register_selector)
+from cincer import (
+    Cleaner,
+    InputError,
+    LabelQuery,
+    ModelError,
+    QueryError,
+    counterexamples,
+    load_plugins,
+    register_inspector,
+    register_selector,
+)
 from cincer.errors import CincerError
-from cincer.learner import Learner
+from cincer.learners import TorchLearner
 from cincer.models import TrainConfig, build_model
 from cincer.select import SELECTORS, SelectionContext, top_fisher_ranking
 
@@ -47,8 +55,16 @@ def oracle_answer(cleaner, query, clean):
 # --------------------------------------------------------------------------- top-level names
 
 def test_public_names_are_exported_from_the_package():
-    for name in ("Cleaner", "counterexamples", "register_selector", "register_inspector", "load_plugins"):
+    import cincer.errors
+    import cincer.plugins
+
+    for name in ("Cleaner", "counterexamples", "LabelQuery"):
         assert getattr(cincer, name) is getattr(cincer.api, name)
+    for name in ("register_selector", "register_inspector", "load_plugins"):
+        assert getattr(cincer, name) is getattr(cincer.plugins, name)
+    for name in ("CincerError", "InputError", "ModelError", "QueryError", "NotFoundError", "ConflictError"):
+        error = getattr(cincer, name)
+        assert error is getattr(cincer.errors, name) and issubclass(error, cincer.CincerError)
 
 
 # --------------------------------------------------------------------------- scikit-learn
@@ -264,7 +280,7 @@ def test_counterexamples_with_a_torch_model_match_the_engine_ranking():
     assert len(idx) == 5 and np.all(y[idx] == pred)
     # the engine's selector on Classifier.features gives the same ranking as the forward hook
     Xt = torch.as_tensor(np.vstack([X, x]))
-    expected = top_fisher_ranking(Learner(model), Xt, np.append(y, 2), 40, np.flatnonzero(y == pred),
+    expected = top_fisher_ranking(TorchLearner(model), Xt, np.append(y, 2), 40, np.flatnonzero(y == pred),
                                   np.arange(40))
     np.testing.assert_array_equal(idx, expected.indices[:5])
     np.testing.assert_allclose(scores, expected.scores[:5])
@@ -302,7 +318,7 @@ def test_register_inspector_and_load_plugins(tmp_path, monkeypatch, blobs):
     assert cleaner.observe(X[50], clean[50]) is not None  # even a label the model agrees with
 
     (tmp_path / "my_cincer_plugin.py").write_text(
-        "from cincer.api import register_selector\n"
+        "from cincer import register_selector\n"
         "@register_selector('test_api_plugin')\n"
         "def mine(ctx):\n    return ctx.rng.random(len(ctx.candidates))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -357,3 +373,45 @@ def test_refitting_a_torch_cleaner_starts_from_the_initial_weights(blobs):
     second = cleaner.fit(X, noisy).predict_proba(X)
     np.testing.assert_allclose(first, second)  # same start, same seed: same model
     torch.testing.assert_close(cleaner.learner_.initial_state["0.weight"], initial["0.weight"])
+
+
+# --------------------------------------------------------------------------- the audit follows the inspector
+
+def test_audit_asks_only_what_the_inspector_flags_most_suspicious_first(blobs):
+    X, clean, noisy, flipped = blobs
+    base = Cleaner(LogisticRegression(max_iter=500), retrain="defer").fit(X, noisy)
+    probs = base.predict_proba(X)
+    margins = probs.max(1) - probs[np.arange(len(X)), noisy]
+    quality = probs[np.arange(len(X)), noisy]
+    for kwargs, flagged, suspicion in (({"threshold": 0.6}, margins > 0.6, margins),
+                                       ({"inspector": "always"}, probs.argmax(1) != noisy, margins),
+                                       ({"inspector": "cleanlab", "threshold": 0.3}, quality < 0.3, -quality)):
+        cleaner = Cleaner(LogisticRegression(max_iter=500), retrain="defer", **kwargs)
+        asked = [q.index for q in cleaner.audit(X, noisy, budget=len(X))]
+        assert sorted(asked) == sorted(np.flatnonzero(flagged)), kwargs  # nothing answered: all still suspicious
+        assert np.all(np.diff(suspicion[asked]) <= 1e-12), kwargs
+    assert len(list(Cleaner(LogisticRegression(max_iter=500), inspector="never").audit(X, noisy, budget=5))) == 0
+
+
+def test_a_custom_inspector_changes_the_audit(blobs):
+    X, _, noisy, _ = blobs
+
+    @register_inspector("test_api_unsure")
+    def unsure(probs, label, rng):
+        return probs[label] < 0.05
+
+    cleaner = Cleaner(LogisticRegression(max_iter=500), inspector="test_api_unsure", retrain="defer")
+    asked = list(cleaner.audit(X, noisy, budget=len(X)))
+    probs = cleaner.predict_proba(X)
+    assert 0 < len(asked) == int(np.sum(probs[np.arange(len(X)), noisy] < 0.05))
+    assert all(q.margin > 0.05 for q in asked)
+
+
+def test_misspelt_stage_parameters_are_refused(blobs):
+    X, _, noisy, _ = blobs
+    with pytest.raises(CincerError, match="unknown parameter 'dampng'.*fim_samples, damping"):
+        Cleaner(LogisticRegression(), selector_params={"dampng": 1.0}).fit(X, noisy)
+    with pytest.raises(CincerError, match="inspector 'always'.*threshold"):
+        Cleaner(LogisticRegression(), inspector="always", threshold=0.3).fit(X, noisy)
+    with pytest.raises(CincerError, match="fim_samples"):
+        counterexamples(LogisticRegression().fit(X, noisy), X, noisy, X[0], noisy[0], fim_samples=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -9,15 +10,16 @@ import sqlite3
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from apphelpers import small_demo
+from cincer import Cleaner
 from cincer.app import Session, load_project, write_export
 from cincer.app.project import init_project
 from cincer.app.server import MAX_BODY, create_app
-from cincer.app.testing import small_demo
 from cincer.cli import main as cli_main
 from cincer.errors import CincerError
-
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +246,7 @@ def test_token_is_checked_on_every_request(project_dir):
 def test_restart_rebuilds_the_same_session(project_dir):
     session = open_session(project_dir)
     answered = []
-    for k in range(3):
+    for _ in range(3):
         q = session.current_query()
         answered.append(session.answer(q.id, action="label", suspicious_label=q.prediction))
     open_id, labels = session.current_query().id, session.loop.labels.copy()
@@ -289,6 +291,26 @@ def test_audit_mode_starts_with_the_most_suspicious(project_dir):
     project.config.mode = "stream"
     with pytest.raises(CincerError, match="audit mode"):
         Session(project, background=False).start()
+
+
+def test_the_app_and_the_library_audit_in_the_same_order(project_dir):
+    """One audit ordering: the app's session and ``Cleaner.audit`` agree for the same model, inspector and
+    threshold (here a stricter threshold than the default, which both must honour)."""
+    project = load_project(project_dir)
+    project.config.mode, project.config.threshold = "audit", 0.5
+    session = Session(project, background=False).start()
+    try:
+        order = session.store.get_meta("audit_order")
+        labels = session.loop.labels.copy()
+        trained = copy.deepcopy(session.loop.learner.model)
+    finally:
+        session.close()
+    probs = session.loop.learner.predict_proba(torch.as_tensor(project.X, dtype=torch.float32))
+    assert len(order) > 0 and np.all(probs.max(1)[order] - probs[order, labels[order]] > 0.5)
+    cleaner = Cleaner(trained, classes=range(project.n_classes), train_fn=lambda model, X, y: None,
+                      threshold=0.5, retrain="defer")  # the session's model, kept as it is by a no-op trainer
+    asked = [q.index for q in cleaner.audit(project.X, labels, budget=project.n)]
+    assert asked == order
 
 
 def test_export_csv_and_json(project_dir, tmp_path):

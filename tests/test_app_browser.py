@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cincer.app.testing import ServerProcess, small_demo
+from apphelpers import ServerProcess, small_demo
+
+pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -18,7 +18,9 @@ import time
 import httpx
 import pytest
 
-from cincer.app.testing import ServerProcess, small_demo
+from apphelpers import ServerProcess, small_demo
+
+pytestmark = pytest.mark.slow
 
 N_KILLS = 3
 
@@ -128,7 +130,7 @@ def test_kill_9_loses_no_acknowledged_decision_and_applies_none_twice(project, t
 def test_two_tabs_answering_the_same_query_apply_exactly_one(project, tmp_path):
     with ServerProcess(project, log=tmp_path / "server.log") as server:
         outcomes = []
-        for round_ in range(3):
+        for _ in range(3):
             q = httpx.get(server.url + "/api/state").json()["query"]
             barrier = threading.Barrier(6)
             results: list[httpx.Response] = []

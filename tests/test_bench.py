@@ -6,24 +6,22 @@ import json
 import pytest
 import torch
 
-from cincer.bench import (BenchConfig, check_top_fisher, format_table, naive_lissa, naive_score, naive_scores_dot,
-                          run_benchmark, section_per_query, section_rounds, synthetic_top_layer)
 from cincer.cli import main as cli_main
+from cincer.experiments.bench import (
+    BenchConfig,
+    check_top_fisher,
+    format_table,
+    run_benchmark,
+    section_per_query,
+    section_rounds,
+    synthetic_top_layer,
+)
+from cincer.experiments.naive import naive_lissa, naive_score, naive_scores_dot
 from cincer.fisher import scores_dot
 from cincer.influence import InfluenceConfig, inverse_hvp
 from cincer.models import build_model
 
 TOL = 1e-8
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """``cincer bench --threads`` sets torch's global thread count: restore it after each test. Tests run
-    on 1 thread: small LAPACK calls with 2 OpenMP threads on a shared 2-core machine can be 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("damping", [0.0, 0.05])
@@ -94,13 +92,14 @@ def test_synthetic_top_layer_is_reproducible():
 
 
 @pytest.mark.parametrize("argv", [["--sections", "7"], ["--sections", "a"], ["--sizes", "0"], ["--repeats", "0"],
-                                  ["--threads", "0"]])
+                                  ["--threads", "-1"]])
 def test_cli_bench_rejects_bad_input(argv, capsys):
     assert cli_main(["bench", "--quick", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cincer: error:") and "Traceback" not in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_json_and_replots_it(tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "latency.png"
     assert cli_main(["bench", "--quick", "--sections", "1", "--sizes", "20,200", "--repeats", "1",

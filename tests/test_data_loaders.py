@@ -16,8 +16,7 @@ import pytest
 from sklearn.utils import Bunch
 
 from cincer.cli import main
-from cincer.data import DATASETS, load_dataset
-from cincer.data import cache, sources, text
+from cincer.data import DATASETS, cache, load_dataset, sources, text
 from cincer.data.base import Dataset
 from cincer.errors import CincerError
 
@@ -77,6 +76,7 @@ def assert_same(a: Dataset, b: Dataset) -> None:
 
 # --- every loader on its real data ---------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_loader_real_data_and_cache(name, tmp_cache):
     require(name)
@@ -108,6 +108,7 @@ def test_german_split_follows_seed():
     assert a.y_train.mean() == pytest.approx(0.3, abs=0.01)  # stratified: 30% bad in both splits
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_subsample():
     require("rotten_tomatoes")
     load = DATASETS["rotten_tomatoes"]
@@ -129,6 +130,7 @@ def test_embedded_dataset(rt_texts):
     np.testing.assert_allclose(ds.X_train.mean(axis=0), 0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_20ng_loader_on_stand_in_texts(rt_texts, monkeypatch):
     """load_20ng end to end, with scikit-learn's downloader answering Rotten Tomatoes texts."""
     texts, y = rt_texts

@@ -23,6 +23,7 @@ def test_the_guide_has_the_promised_examples():
         assert needle in joined, needle
 
 
+@pytest.mark.slow
 def test_guide_code_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()

@@ -12,14 +12,13 @@ import pytest
 
 from cincer.cli import main as cli_main
 from cincer.errors import CincerError
-from cincer.experiments import (ExperimentConfig, load_sweep, method_config, read_experiment, run_experiment,
-                                run_sweep)
+from cincer.experiments import ExperimentConfig, load_sweep, method_config, read_experiment, run_experiment, run_sweep
 from cincer.experiments.plots import Q1Q3_COLUMNS, Q2_COLUMNS
 from cincer.experiments.sweep import Task, run_tasks
 
 # tiny: synthetic (2-d, 4 classes), one repeat, four rounds, a few epochs; tau low enough to ask
 TINY = dict(dataset="synthetic", model="fullnet", repeats=1, rounds=4, epochs=3, threshold=0.05)
-SILENT = lambda *_: None  # noqa: E731
+SILENT = lambda *_: None
 
 
 def read_summary(folder, method) -> dict:
@@ -138,7 +137,7 @@ def test_resume_skips_finished_methods(tmp_path):
 
 
 def test_interrupted_method_resumes_at_its_next_repeat(tmp_path, monkeypatch):
-    import cincer.simulate as simulate
+    import cincer.experiments.simulate as simulate
 
     exp = ExperimentConfig(question="q1", methods=["top_fisher_paper"], **{**TINY, "repeats": 3})
     whole = tmp_path / "whole"
@@ -169,7 +168,7 @@ def test_interrupted_method_resumes_at_its_next_repeat(tmp_path, monkeypatch):
     assert read_summary(out, "top_fisher_paper")["seconds"] > 0
 
     # a saved repeat of other settings is not reused
-    from cincer.simulate import load_repeat, save_repeat
+    from cincer.experiments.simulate import load_repeat, save_repeat
     config = method_config(exp, "top_fisher_paper")
     save_repeat(tmp_path / "p", config, 0, {"rows": [], "seconds": 1.0})
     assert load_repeat(tmp_path / "p", config, 0) is not None
@@ -178,12 +177,13 @@ def test_interrupted_method_resumes_at_its_next_repeat(tmp_path, monkeypatch):
     assert load_repeat(tmp_path / "p", config, 1) is None
 
 
+@pytest.mark.slow
 def test_a_repeat_run_elsewhere_resumes_the_method(tmp_path, monkeypatch):
     """scripts/repeats_on_device.py: one repeat run in its own process on a named device and saved as a
     checkpoint is taken as is by the experiment, and equals the repeat the experiment would have run."""
     import runpy
 
-    import cincer.simulate as simulate
+    import cincer.experiments.simulate as simulate
 
     script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "repeats_on_device.py"))
     script["main"](["--dataset", "synthetic", "--model", "fullnet", "--repeats", "2", "--rounds", "12",
@@ -277,6 +277,7 @@ def test_sweep_local_processes_and_resume(tmp_path):
     assert (root / "synthetic-fullnet" / "q2" / "nearest" / "summary.json").stat().st_mtime_ns == q2_done
 
 
+@pytest.mark.slow
 def test_sweep_on_a_dask_cluster(tmp_path):
     from distributed import LocalCluster
 
@@ -295,6 +296,7 @@ def test_published_sweep_files_resolve(path):
     assert sweep.experiments and all(str(target).startswith("runs/") for _, target in sweep.experiments)
 
 
+@pytest.mark.slow
 def test_sweep_file_errors(tmp_path):
     with pytest.raises(CincerError, match="no such sweep file"):
         load_sweep(tmp_path / "missing.toml")

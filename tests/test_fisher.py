@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from cincer.fisher import (ExplicitFisher, FisherSolver, TopLayerFisher, full_fisher, per_class_scores,
-                           per_example_scores, top_layer_kernel, top_layer_scores)
+from cincer.fisher import (
+    ExplicitFisher,
+    FisherSolver,
+    TopLayerFisher,
+    full_fisher,
+    per_class_scores,
+    per_example_scores,
+    top_layer_kernel,
+    top_layer_scores,
+)
 from cincer.models import build_model
 
 TOL = 1e-8

@@ -3,18 +3,16 @@
 import torch
 
 from cincer.fisher import per_example_scores
-from cincer.influence import (InfluenceConfig, conjugate_gradient, exact_hessian, exact_solve, hvp_fn,
-                              inverse_hvp, lissa)
-from cincer.learner import Learner
+from cincer.influence import InfluenceConfig, conjugate_gradient, exact_hessian, exact_solve, hvp_fn, inverse_hvp, lissa
+from cincer.learners import TorchLearner
 from cincer.models import TrainConfig, build_model
-
 
 
 def trained_logreg():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(60, 5, generator=g, dtype=torch.float64)
     y = (X[:, 0] + 0.5 * X[:, 1] > 0).long() + (X[:, 2] > 1).long()
-    learner = Learner(build_model("logreg", (5,), 3, seed=0), TrainConfig(epochs=30), seed=0).fit(X, y)
+    learner = TorchLearner(build_model("logreg", (5,), 3, seed=0), TrainConfig(epochs=30), seed=0).fit(X, y)
     return learner.model, X, y
 
 

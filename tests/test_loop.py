@@ -2,12 +2,15 @@
 
 import numpy as np
 import pytest
+import torch
 
 from cincer.data import flip_labels, load_dataset
+from cincer.errors import CincerError, ModelError, QueryError
+from cincer.experiments.simulate import RunConfig, run
+from cincer.inspect import INSPECTORS
 from cincer.loop import Answer, CleaningLoop, OracleAnnotator, Query
 from cincer.models import TrainConfig
-from cincer.select import Ranking
-from cincer.simulate import RunConfig, run
+from cincer.select import SELECTORS, Ranking
 
 
 def quick_config(**overrides) -> RunConfig:
@@ -72,18 +75,92 @@ def test_oracle_never_corrupts_a_clean_label():
         assert answer.suspicious_label == clean[i] and answer.counter_label == clean[(i + 1) % 200]
 
 
+def bare_loop(labels, known, select="top_fisher"):
+    """A loop for label bookkeeping only (no model is consulted)."""
+    return CleaningLoop(learner=None, X=torch.zeros(len(labels), 1), labels=np.asarray(labels), known=known,
+                        inspect=INSPECTORS.create("always"), select=SELECTORS.create(select),
+                        rng=np.random.default_rng(0))
+
+
 def test_apply_relabels_and_drop_policy():
-    loop = CleaningLoop(learner=None, X=None, labels=np.array([0, 1, 1, 0]), known=[0, 1, 2, 3],
-                        inspect=None, select=None, rng=np.random.default_rng(0))
+    loop = bare_loop([0, 1, 1, 0], [0, 1, 2, 3])
     query = Query(3, 0, 1, np.array([0.1, 0.9]), Ranking(np.array([2, 1]), np.array([2.0, 1.0])))
     update = loop.apply(query, Answer(suspicious_label=1, counter_label=0))
     assert update.relabelled == {3: (0, 1), 2: (1, 0)} and list(loop.labels) == [0, 1, 0, 1]
     drop = Query(0, 0, 1, np.array([0.1, 0.9]), Ranking(np.array([1]), np.array([1.0])), policy="drop")
     assert loop.apply(drop, Answer(suspicious_label=0)).dropped == [1] and 1 not in loop.known
-    # the caller's label array is never modified
+    # the caller's label array is never modified, and the loop's labels change only through apply
     labels = np.array([0, 1])
-    CleaningLoop(None, None, labels, [0], inspect=None, select=None, rng=None).labels[0] = 1
+    loop = bare_loop(labels, [0])
+    with pytest.raises(ValueError, match="read-only"):
+        loop.labels[0] = 1
     assert labels[0] == 0
+
+
+def test_undo_reverts_an_answer_and_refuses_a_stale_one():
+    loop = bare_loop([0, 1, 1, 0, 1], [0, 1, 2, 3, 4])
+    query = Query(3, 0, 1, np.array([0.1, 0.9]), Ranking(np.array([2, 4]), np.array([2.0, 1.0])))
+    # the annotator was shown the second candidate (4), not the best (2)
+    update = loop.apply(query, Answer(suspicious_label=1, counter_label=0, counterexample=4))
+    assert update.relabelled == {3: (0, 1), 4: (1, 0)} and list(loop.labels) == [0, 1, 1, 1, 0]
+    with pytest.raises(QueryError, match="not one of the counter-examples"):
+        loop.apply(query, Answer(None, 0, counterexample=1))
+    later = loop.apply(Query(4, 0, 1, np.array([0.2, 0.8]), Ranking.empty()), Answer(suspicious_label=1))
+    with pytest.raises(CincerError, match="changed since"):
+        loop.undo(update)  # example 4 was relabelled again after it
+    loop.undo(later)
+    loop.undo(update)
+    assert list(loop.labels) == [0, 1, 1, 0, 1]
+    drop = bare_loop([0, 1, 1], [0, 1, 2], select="drop_ce")
+    dropped = drop.apply(Query(0, 0, 1, np.array([0.3, 0.7]), Ranking(np.array([2]), np.array([1.0])), "drop"),
+                         Answer(suspicious_label=0))
+    drop.undo(dropped)
+    assert sorted(drop.known) == [0, 1, 2]
+
+
+def test_add_grows_the_pool_and_a_failed_transaction_leaves_nothing(synthetic):
+    config = quick_config(repeats=1)
+    X = torch.as_tensor(synthetic.X_train[:40])
+    learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype).fit(X, synthetic.y_train[:40])
+    loop = config.new_loop(learner, X, synthetic.y_train[:40], range(40), np.random.default_rng(0))
+    for i in range(40, 100):  # many adds: the pool's buffer grows geometrically
+        assert loop.add(torch.as_tensor(synthetic.X_train[i]), int(synthetic.y_train[i])) == i
+    assert len(loop.X) == len(loop.labels) == 100 and loop.known == list(range(100))
+    torch.testing.assert_close(loop.X, torch.as_tensor(synthetic.X_train[:100]))
+    state = loop.rng.bit_generator.state
+    with pytest.raises(RuntimeError, match="boom"), loop.transaction():
+        loop.add(torch.as_tensor(synthetic.X_train[100]), 1)
+        loop.rng.random()
+        raise RuntimeError("boom")
+    assert len(loop.X) == 100 and len(loop.known) == 100 and loop.rng.bit_generator.state == state
+
+
+def test_audit_order_honours_the_inspector_and_query_rechecks_it(synthetic):
+    config = quick_config(repeats=1)
+    X = torch.as_tensor(synthetic.X_train[:120])
+    noisy = flip_labels(synthetic.y_train[:120], 0.3, synthetic.n_classes, rng=np.random.default_rng(0))
+    learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype).fit(X, noisy)
+    probs = learner.predict_proba(X)
+    margins = probs.max(1) - probs[np.arange(120), noisy]
+    for inspector, params, expected in (("margin", {"threshold": 0.2}, margins > 0.2),
+                                        ("margin", {"threshold": 0.6}, margins > 0.6),
+                                        ("always", {}, probs.argmax(1) != noisy)):
+        loop = CleaningLoop(learner, X, noisy, range(120), inspect=INSPECTORS.create(inspector, **params),
+                            select=SELECTORS.create("top_fisher"), rng=np.random.default_rng(0))
+        order = loop.audit_order()
+        assert sorted(order) == sorted(np.flatnonzero(expected)) and len(order) > 0
+        assert np.all(np.diff(margins[order]) <= 0)  # most suspicious first
+        assert all(loop.query(i) is not None for i in order)
+    quiet = CleaningLoop(learner, X, noisy, range(120), inspect=INSPECTORS.create("never"),
+                         select=SELECTORS.create("top_fisher"), rng=np.random.default_rng(0))
+    assert len(quiet.audit_order()) == 0 and quiet.query(int(order[0])) is None
+
+
+def test_a_selector_that_needs_gradients_refuses_a_model_without_them():
+    with pytest.raises(ModelError, match="needs a PyTorch model"):
+        CleaningLoop(learner=None, X=torch.zeros(2, 1), labels=np.array([0, 1]), known=[0, 1],
+                     inspect=INSPECTORS.create("margin"), select=SELECTORS.create("influence"),
+                     rng=np.random.default_rng(0))
 
 
 def test_noise_flips_exact_fraction_to_other_classes():

@@ -1,25 +1,40 @@
 """CINCER: interactive label cleaning with example-based explanations (Teso et al., NeurIPS 2021).
 
 The round is inspect -> select -> ask -> update; each stage is a small callable found by name in
-``INSPECTORS`` / ``SELECTORS``, and :class:`CleaningLoop` runs it.
+``INSPECTORS`` / ``SELECTORS``, and :class:`CleaningLoop` runs it. The experiment harnesses
+(``RunConfig``, ``run``) load on first use: ``import cincer`` stays light.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
+from .api import Cleaner, LabelQuery, counterexamples
 from .data import DATASETS, Dataset, flip_labels, load_dataset
-from .errors import CincerError
-from .inspect import INSPECTORS
-from .learner import Learner
+from .errors import CincerError, ConflictError, InputError, ModelError, NotFoundError, QueryError
+from .inspect import INSPECTORS, Inspector
+from .learners import Learner, SklearnLearner, TorchLearner, make_learner
 from .loop import Answer, CleaningLoop, OracleAnnotator, Query
 from .models import MODELS, TrainConfig, build_model
-from .select import SELECTORS, Ranking
-from .simulate import RunConfig, run
-from .api import Cleaner, counterexamples, load_plugins, register_inspector, register_selector
-from . import compare as _compare  # noqa: F401,E402  (registers the cleanlab inspector)
+from .plugins import load_plugins, register_inspector, register_selector
+from .select import SELECTORS, Ranking, Selector
+
+_HARNESS = {"RunConfig": "cincer.experiments.simulate", "run": "cincer.experiments.simulate"}
 
 __all__ = [
-    "Cleaner", "counterexamples", "load_plugins", "register_inspector", "register_selector",
-    "DATASETS", "INSPECTORS", "MODELS", "SELECTORS", "Answer", "CincerError", "CleaningLoop", "Dataset",
-    "Learner", "OracleAnnotator", "Query", "Ranking", "RunConfig", "TrainConfig", "build_model",
-    "flip_labels", "load_dataset", "run",
+    "Answer", "CincerError", "Cleaner", "CleaningLoop", "ConflictError", "DATASETS", "Dataset", "INSPECTORS",
+    "InputError", "Inspector", "LabelQuery", "Learner", "MODELS", "ModelError", "NotFoundError", "OracleAnnotator",
+    "Query", "QueryError", "Ranking", "RunConfig", "SELECTORS", "Selector", "SklearnLearner", "TorchLearner",
+    "TrainConfig", "build_model", "counterexamples", "flip_labels", "load_dataset", "load_plugins", "make_learner",
+    "register_inspector", "register_selector", "run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HARNESS:
+        import importlib
+
+        return getattr(importlib.import_module(_HARNESS[name]), name)
+    raise AttributeError(f"module 'cincer' has no attribute {name!r}")

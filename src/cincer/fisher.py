@@ -13,11 +13,13 @@ Top-layer vectors are stored as ``(C, H + 1)`` matrices ``[dW | db]`` (flattened
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
+
+from .errors import CincerError
 
 DEFAULT_RTOL = 1e-10  # eigenvalues below rtol * largest are treated as zero by the pseudo-inverse
 DEFAULT_CHUNK = 8192
@@ -130,6 +132,20 @@ class FisherFactor(Protocol):
     def dense(self) -> torch.Tensor: ...  # F itself
 
 
+class SubspaceFisherFactor(FisherFactor, Protocol):
+    """A factor whose ``F`` has its whole range in a known ``sub_dim``-dimensional subspace."""
+
+    sub_dim: int
+
+    def project(self, v: torch.Tensor) -> torch.Tensor: ...  # coordinates in the subspace
+    def lift(self, w: torch.Tensor) -> torch.Tensor: ...  # back to the full space
+    def dense_sub(self) -> torch.Tensor: ...  # F restricted to the subspace
+
+
+def _has_subspace(factor: FisherFactor) -> TypeGuard[SubspaceFisherFactor]:
+    return hasattr(factor, "project")
+
+
 class TopLayerFisher:
     """The true FIM of the last linear layer, in factored (Kronecker-sum) form; nothing ``d x d`` is built
     unless the dense route is the cheaper one.
@@ -227,15 +243,16 @@ class FisherSolver:
     def __init__(self, factor: FisherFactor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL,
                  method: str = "auto", factorization: str = "auto") -> None:
         if damping < 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
+            raise CincerError(f"damping must be >= 0, got {damping}")
         if factorization not in ("auto", "eigh"):
-            raise ValueError(f"unknown factorization {factorization!r} (auto, eigh)")
+            raise CincerError(f"unknown factorization {factorization!r} (auto, eigh)")
         self.factor, self.damping, self.rtol = factor, damping, rtol
-        self._sub = hasattr(factor, "project")   # the range of F lies in a known subspace
-        dim = factor.sub_dim if self._sub else factor.dim
+        # set when the range of F lies in a known subspace
+        self._sub: SubspaceFisherFactor | None = factor if _has_subspace(factor) else None
+        dim = self._sub.sub_dim if self._sub is not None else factor.dim
         self.method = ("dense" if dim <= factor.rank_bound else "gram") if method == "auto" else method
         if self.method == "dense":
-            S = factor.dense_sub() if self._sub else factor.dense()
+            S = self._sub.dense_sub() if self._sub is not None else factor.dense()
             if damping > 0:
                 self._inv = _Inverse.cholesky(S + damping * torch.eye(len(S), dtype=S.dtype, device=S.device))
             else:
@@ -243,22 +260,24 @@ class FisherSolver:
         elif self.method == "gram":
             M = factor.gram()
             if damping > 0:  # (UU^T/n + l I)^{-1} = (I - U (n l I + M)^{-1} U^T) / l
-                self._inv = _Inverse.cholesky(M + factor.n * damping * torch.eye(len(M), dtype=M.dtype, device=M.device))
+                eye = torch.eye(len(M), dtype=M.dtype, device=M.device)
+                self._inv = _Inverse.cholesky(M + factor.n * damping * eye)
             else:            # (UU^T/n)^+ = n U (M^+)^2 U^T
                 self._inv = _Inverse.pinv(M, rtol, factorization)
         else:
-            raise ValueError(f"unknown method {method!r}")
+            raise CincerError(f"unknown method {method!r}")
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
         """``F^{-1} v`` for ``v`` of shape ``(d,)`` or ``(d, q)``."""
         f = self.factor
         if self.method == "dense":
-            if not self._sub:
+            sub = self._sub
+            if sub is None:
                 return self._inv(v)
-            w = f.project(v)
-            out = f.lift(self._inv(w))
+            w = sub.project(v)
+            out = sub.lift(self._inv(w))
             if self.damping > 0:   # F is 0 on the complement of the subspace
-                out = out + (v - f.lift(w)) / self.damping
+                out = out + (v - sub.lift(w)) / self.damping
             return out
         if self.damping > 0:
             return (v - f.matvec(self._inv(f.rmatvec(v)))) / self.damping
@@ -277,11 +296,11 @@ class _Inverse:
         self.kind, self.data = kind, data
 
     @classmethod
-    def cholesky(cls, S: torch.Tensor) -> "_Inverse":
+    def cholesky(cls, S: torch.Tensor) -> _Inverse:
         return cls("cholesky", (torch.linalg.cholesky(S),))
 
     @classmethod
-    def pinv(cls, S: torch.Tensor, rtol: float, factorization: str = "auto") -> "_Inverse":
+    def pinv(cls, S: torch.Tensor, rtol: float, factorization: str = "auto") -> _Inverse:
         """Certified fast path: if ``S - tau I`` is positive definite with ``tau = 2 rtol trace(S)``
         (``trace >= lambda_max``), no eigenvalue falls below the pseudo-inverse's cut-off and
         ``S^+ = S^{-1}``; otherwise (or when asked) eigendecompose."""
@@ -312,7 +331,7 @@ def _pinv_eig(S: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]
     return inv_vals.to(S.dtype), vecs.to(S.dtype)
 
 
-def _apply_eig(eig: tuple[torch.Tensor, torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+def _apply_eig(eig: tuple[torch.Tensor, ...], v: torch.Tensor) -> torch.Tensor:
     inv_vals, vecs = eig
     coeff = vecs.T @ v
     return vecs @ (inv_vals[:, None] * coeff if v.dim() == 2 else inv_vals * coeff)

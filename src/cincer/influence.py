@@ -8,8 +8,8 @@ Solvers: LiSSA (the paper's baseline), conjugate gradients (SciPy) and an exact 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -17,22 +17,28 @@ from scipy.sparse.linalg import LinearOperator, cg
 from torch import nn
 from torch.func import functional_call, grad, hessian, jvp, vjp
 
+from .config import Config, at_least, one_of, option, positive
+from .errors import CincerError
 from .fisher import parameters_of
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
 
 
+SOLVERS = ("lissa", "cg", "exact")
+
+
 @dataclass
-class InfluenceConfig:
+class InfluenceConfig(Config):
     """Defaults are the paper's reference LiSSA settings (damping 1, depth 10, 1 sample, scale 1)."""
 
-    solver: str = "lissa"   # lissa | cg | exact
-    damping: float = 1.0
-    depth: int = 10
-    samples: int = 1
-    scale: float = 1.0
-    cg_tol: float = 1e-10
-    cg_maxiter: int = 1000
+    solver: str = option("lissa", "influence solver: lissa | cg | exact", flag="--if-solver", check=one_of(*SOLVERS))
+    damping: float = option(1.0, "influence damping (LiSSA's own; added to H for cg/exact)", flag="--if-damping",
+                            check=at_least(0))
+    depth: int = option(10, "LiSSA recursion depth", flag="--lissa-depth", check=at_least(1))
+    samples: int = option(1, "LiSSA samples averaged", flag="--lissa-samples", check=at_least(1))
+    scale: float = option(1.0, "LiSSA scale (H is divided by it)", flag="--lissa-scale", check=positive)
+    cg_tol: float = option(1e-10, "conjugate-gradient tolerance", flag="--cg-tol", check=at_least(0))
+    cg_maxiter: int = option(1000, "conjugate-gradient iterations", flag="--cg-maxiter", check=at_least(1))
 
 
 def _unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -73,8 +79,8 @@ def hvp_fn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, mode: str = "r
     if mode == "fwd":
         return lambda v: jvp(gradient, (theta,), (v,))[1]
     if mode != "rev":
-        raise ValueError(f"unknown HVP mode {mode!r} (rev, fwd)")
-    _, pullback = vjp(gradient, theta)
+        raise CincerError(f"unknown HVP mode {mode!r} (rev, fwd)")
+    pullback = vjp(gradient, theta)[1]  # torch's stub does not tie the tuple's length to has_aux
     return lambda v: pullback(v)[0]
 
 
@@ -130,4 +136,4 @@ def inverse_hvp(model: nn.Module, X: torch.Tensor, y: torch.Tensor, v: torch.Ten
                                   tol=config.cg_tol, maxiter=config.cg_maxiter)
     if config.solver == "exact":
         return exact_solve(exact_hessian(model, X, y), v, damping=config.damping * config.scale)
-    raise ValueError(f"unknown influence solver {config.solver!r} (lissa, cg, exact)")
+    raise CincerError(f"unknown influence solver {config.solver!r} (choose from: {', '.join(SOLVERS)})")

@@ -1,20 +1,29 @@
-"""CINCER's round: add -> inspect -> select -> ask -> update.
+"""CINCER's round: add -> inspect -> select -> ask -> update, owned by :class:`CleaningLoop`.
 
-The loop knows nothing about clean labels, files or plots: an :class:`Annotator` answers queries
-(a person in the app, :class:`OracleAnnotator` in simulations) and the caller decides when to retrain.
+The loop holds the pool ``X``, its current labels and the known set D. Examples enter D with
+:meth:`~CleaningLoop.add` (a new example) or :meth:`~CleaningLoop.observe` (a pool example arriving
+in the stream); :meth:`~CleaningLoop.query` inspects one and, if suspicious, ranks its
+counter-examples; :meth:`~CleaningLoop.audit_order` lists the suspicious examples of D, most
+suspicious first. Labels change only through :meth:`~CleaningLoop.apply` (and back through
+:meth:`~CleaningLoop.undo`). The loop knows nothing about clean labels, files or plots: an
+:class:`Annotator` answers queries (a person in the app, :class:`OracleAnnotator` in simulations)
+and the caller decides when to retrain.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .inspect import Inspector, margin
-from .learner import Learner
-from .select import Ranking, SelectionContext, Selector, candidates_for
+from .errors import CincerError, ModelError, QueryError
+from .inspect import Inspector, as_inspector, audit_order, margin
+from .learners import Learner
+from .select import Ranking, SelectionContext, Selector, as_selector, candidates_for
 
 
 @dataclass
@@ -44,10 +53,12 @@ class Query:
 
 @dataclass
 class Answer:
-    """The annotator's labels; ``None`` leaves that example's label as it is."""
+    """The annotator's labels; ``None`` leaves that example's label as it is. ``counterexample`` names
+    the candidate that was shown when it was not the best one (e.g. the annotator asked for another)."""
 
     suspicious_label: int | None
     counter_label: int | None = None
+    counterexample: int | None = None
 
 
 class Annotator(Protocol):
@@ -68,56 +79,144 @@ class OracleAnnotator:
 
 @dataclass
 class Update:
-    """What applying an answer changed."""
+    """What applying an answer changed (and what :meth:`CleaningLoop.undo` reverts)."""
 
     relabelled: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> (old, new)
     dropped: list[int] = field(default_factory=list)
 
 
 class CleaningLoop:
-    """Holds the pool, the current labels and the known set D; runs CINCER's round on stream examples."""
+    """Holds the pool, the current labels and the known set D; runs CINCER's round."""
 
     def __init__(self, learner: Learner, X: torch.Tensor, labels: np.ndarray, known: list[int] | np.ndarray, *,
-                 inspect: Inspector, select: Selector, rng: np.random.Generator) -> None:
-        self.learner, self.X = learner, X
-        self.labels = np.array(labels, dtype=np.int64)  # a copy: the caller's labels are never touched
+                 inspect: Inspector | Callable[..., Any], select: Selector | Callable[..., Ranking],
+                 rng: np.random.Generator) -> None:
+        self.learner = learner
+        self._X, self._labels = X, np.array(labels, dtype=np.int64)  # a copy: the caller's labels stay as given
+        self._n = len(self._labels)
         self.known = [int(i) for i in known]
-        self.inspect, self.select, self.rng = inspect, select, rng
-        self.policy = getattr(select, "ce_policy", "ask")
+        self.inspect, self.select, self.rng = as_inspector(inspect), as_selector(select), rng
+        if self.select.needs_gradients and not isinstance(getattr(learner, "model", None), torch.nn.Module):
+            raise ModelError("this selector ranks by gradients over all the parameters and needs a PyTorch model "
+                             "(use top_fisher with a scikit-learn model)")
+
+    # ----------------------------------------------------------------- state
+    @property
+    def X(self) -> torch.Tensor:
+        """The pool (every example, in D or not)."""
+        return self._X[:self._n]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Current labels of the pool (read-only: labels change through :meth:`apply`)."""
+        view = self._labels[:self._n]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def policy(self) -> str:
+        return self.select.policy
 
     def retrain(self) -> None:
         idx = np.asarray(self.known)
         self.learner.fit(self.X[idx], self.labels[idx])
 
+    # ----------------------------------------------------------------- examples in
+    def add(self, x: torch.Tensor, label: int) -> int:
+        """Append one example (``x`` of the pool's row shape) to the pool and to D; returns its index."""
+        if self._n == len(self._labels):  # grow geometrically: a stream of adds stays linear
+            capacity = max(16, 2 * self._n)
+            self._X = torch.cat([self._X[:self._n], self._X.new_empty((capacity - self._n, *self._X.shape[1:]))])
+            self._labels = np.concatenate([self._labels[:self._n], np.zeros(capacity - self._n, np.int64)])
+        self._X[self._n] = x
+        self._labels[self._n] = label
+        self._n += 1
+        self.known.append(self._n - 1)
+        return self._n - 1
+
     def observe(self, index: int) -> Query | None:
-        """Add example ``index`` to D; return a query if it looks suspicious, else ``None``."""
+        """Pool example ``index`` arrives: add it to D; return a query if it looks suspicious, else ``None``."""
         self.known.append(int(index))
-        probs = self.learner.predict_proba(self.X[[index]])[0]
+        return self.query(index)
+
+    # ----------------------------------------------------------------- the round
+    def query(self, index: int, probs: np.ndarray | None = None) -> Query | None:
+        """Inspect example ``index`` with the current model and labels (``probs``: its predicted
+        probabilities, when already computed); if suspicious, rank its counter-examples."""
+        if probs is None:
+            probs = self.learner.predict_proba(self.X[[index]])[0]
         label, prediction = int(self.labels[index]), int(np.argmax(probs))
         if not self.inspect(probs, label, self.rng):
             return None
         ranking = Ranking.empty()
         if self.policy != "none" and prediction != label:
-            known = np.asarray(self.known)
-            candidates = candidates_for(self.labels, known, index, prediction)
-            if len(candidates):
-                ranking = self.select(SelectionContext(self.learner, self.X, self.labels, known, index,
-                                                       candidates, self.rng))
+            ranking = self.rank(index, prediction)
         return Query(int(index), label, prediction, probs, ranking, self.policy)
 
+    def context(self, target: int, prediction: int) -> SelectionContext:
+        """What the selector sees for ``target``: candidates are the examples of D labelled ``prediction``."""
+        known = np.asarray(self.known)
+        return SelectionContext(self.learner, self.X, self.labels, known, int(target),
+                                candidates_for(self.labels, known, target, prediction), self.rng)
+
+    def rank(self, target: int, prediction: int) -> Ranking:
+        """The counter-examples of ``target``, best first (empty when no example carries ``prediction``)."""
+        ctx = self.context(target, prediction)
+        return self.select(ctx) if len(ctx.candidates) else Ranking.empty()
+
+    def audit_order(self) -> np.ndarray:
+        """The examples of D the inspector flags, most suspicious first (the model and labels of now)."""
+        known = np.asarray(self.known, dtype=np.int64)
+        if not len(known):
+            return known
+        probs = self.learner.predict_proba(self.X[known])
+        return known[audit_order(self.inspect, probs, self.labels[known], self.rng)]
+
+    # ----------------------------------------------------------------- labels out
     def apply(self, query: Query, answer: Answer) -> Update:
         """Write the annotator's labels into D (or drop the counter-example under the ``drop`` policy)."""
-        update = Update()
-        self._relabel(query.index, answer.suspicious_label, update)
         ce = query.counterexample
-        if ce is not None and query.policy == "ask":
-            self._relabel(ce, answer.counter_label, update)
-        elif ce is not None and query.policy == "drop" and answer.suspicious_label in (None, query.label):
-            self.known.remove(ce)
+        if answer.counterexample is not None:
+            if query.policy != "ask" or int(answer.counterexample) not in query.ranking.indices:
+                raise QueryError(f"example {answer.counterexample} is not one of the counter-examples of the "
+                                 f"query about example {query.index}")
+            ce = int(answer.counterexample)
+        update = Update()
+        for index, new in ((query.index, answer.suspicious_label),
+                           (ce if query.policy == "ask" else None, answer.counter_label)):
+            if index is not None and new is not None and new != self._labels[index]:
+                update.relabelled[int(index)] = (int(self._labels[index]), int(new))
+        if ce is not None and query.policy == "drop" and answer.suspicious_label in (None, query.label):
             update.dropped.append(ce)
+        self._write(update, forward=True)
         return update
 
-    def _relabel(self, index: int, new: int | None, update: Update) -> None:
-        if new is not None and new != self.labels[index]:
-            update.relabelled[index] = (int(self.labels[index]), int(new))
-            self.labels[index] = new
+    def undo(self, update: Update) -> None:
+        """Revert an applied update; refused if a later change touched the same examples."""
+        moved = [i for i, (_, new) in update.relabelled.items() if self._labels[i] != new]
+        if moved or any(i in self.known for i in update.dropped):
+            raise CincerError(f"cannot undo: example(s) {moved or update.dropped} changed since")
+        self._write(update, forward=False)
+
+    def _write(self, update: Update, *, forward: bool) -> None:
+        for index, (old, new) in update.relabelled.items():
+            self._labels[index] = new if forward else old
+        for index in update.dropped:
+            if forward:
+                self.known.remove(index)
+            else:
+                self.known.append(index)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside happens, or nothing: on an exception the pool, labels, D and the random
+        state are restored (the model is the caller's to restore)."""
+        n, labels, known = self._n, self._labels[:self._n].copy(), list(self.known)
+        rng_state = self.rng.bit_generator.state
+        try:
+            yield
+        except BaseException:
+            self._n, self.known = n, known
+            self._labels[:n] = labels
+            self.rng.bit_generator.state = rng_state
+            raise

@@ -1,11 +1,13 @@
 """Counter-example selectors.
 
-A selector is any callable ``(context) -> Ranking``: it ranks the candidates (known examples other
-than the suspicious one, labelled with the predicted class) by how much they support the model's
-suspicion, best first, with their scores. ``SELECTORS`` maps names to factories taking the
-selector's parameters. A selector may carry ``ce_policy``: ``"ask"`` (default, show the pair),
-``"drop"`` (ask about the suspicious example alone; drop the counter-example if that label was
-right) or ``"none"`` (no counter-example at all).
+A :class:`Selector` ranks the candidates (known examples other than the suspicious one, labelled with
+the predicted class) by how much they support the model's suspicion, best first, with their scores,
+from a :class:`SelectionContext` that only :class:`cincer.loop.CleaningLoop` builds. It declares what it
+needs and how its answer is used: ``policy`` is ``"ask"`` (default, show the pair), ``"drop"`` (ask about
+the suspicious example alone; drop the counter-example if that label was right) or ``"none"`` (no
+counter-example at all); ``needs_gradients`` marks rankings over all the parameters, which need a
+PyTorch model. ``SELECTORS`` maps names to factories taking the selector's parameters; any plain
+function ``(context) -> Ranking`` becomes a selector with :func:`as_selector`.
 
 Sign. With ``g = grad log P(label | x)`` and a positive-definite curvature ``C`` (the Fisher, the
 training-loss Hessian, or I), removing candidate k changes ``log P(label_t | x_t)`` by about
@@ -18,17 +20,26 @@ the practical Fisher ranking is 0.88 with this sign and 0.00 with the opposite o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import CincerError
-from .fisher import (FisherSolver, TopLayerFisher, full_fisher, n_parameters, per_example_scores,
-                     scores_dot, top_layer_kernel, top_layer_scores)
+from .fisher import (
+    FisherSolver,
+    TopLayerFisher,
+    full_fisher,
+    n_parameters,
+    per_example_scores,
+    scores_dot,
+    top_layer_kernel,
+    top_layer_scores,
+)
 from .influence import InfluenceConfig, inverse_hvp
-from .learner import Learner
+from .learners import Learner
 from .registry import Registry
 
 
@@ -40,13 +51,13 @@ class Ranking:
     scores: np.ndarray
 
     @classmethod
-    def from_scores(cls, candidates: np.ndarray, scores: np.ndarray | torch.Tensor) -> "Ranking":
+    def from_scores(cls, candidates: np.ndarray, scores: np.ndarray | torch.Tensor) -> Ranking:
         scores = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
         order = np.argsort(-scores, kind="stable")  # ties keep candidate order: deterministic
         return cls(np.asarray(candidates)[order], scores[order])
 
     @classmethod
-    def empty(cls) -> "Ranking":
+    def empty(cls) -> Ranking:
         return cls(np.zeros(0, dtype=np.int64), np.zeros(0))
 
     def __len__(self) -> int:
@@ -70,15 +81,43 @@ class SelectionContext:
     rng: np.random.Generator
 
     @property
-    def model(self):
+    def model(self) -> Any:
         return self.learner.model
 
     def label_tensor(self, idx: np.ndarray | list[int]) -> torch.Tensor:
         return torch.as_tensor(self.labels[np.asarray(idx)], dtype=torch.long, device=self.X.device)
 
 
-Selector = Callable[[SelectionContext], Ranking]
-SELECTORS: Registry[Callable[..., Selector]] = Registry("selector")
+POLICIES = ("ask", "drop", "none")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A counter-example ranking and what it declares: how its best candidate is used (``policy``) and
+    whether it needs all-parameter gradients, i.e. a PyTorch model (``needs_gradients``)."""
+
+    rank: Callable[[SelectionContext], Ranking]
+    policy: str = "ask"
+    needs_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise CincerError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+
+    def __call__(self, ctx: SelectionContext) -> Ranking:
+        return self.rank(ctx)
+
+
+def as_selector(select: Selector | Callable[[SelectionContext], Ranking]) -> Selector:
+    """A :class:`Selector`, or a plain ranking function turned into one (``ask`` policy)."""
+    if isinstance(select, Selector):
+        return select
+    if not callable(select):
+        raise CincerError(f"a selector must be callable, got {type(select).__name__}")
+    return Selector(select)
+
+
+SELECTORS: Registry[Callable[..., Selector]] = Registry("selector", factories=True)
 
 
 def candidates_for(labels: np.ndarray, known: np.ndarray, target: int, predicted: int) -> np.ndarray:
@@ -87,27 +126,31 @@ def candidates_for(labels: np.ndarray, known: np.ndarray, target: int, predicted
     return known[(known != target) & (labels[known] == predicted)]
 
 
-def with_policy(selector: Selector, policy: str) -> Selector:
-    selector.ce_policy = policy  # type: ignore[attr-defined]
-    return selector
-
-
 def sample_indices(known: np.ndarray, n_samples: int | None, rng: np.random.Generator) -> np.ndarray:
     if n_samples is None or n_samples >= len(known):
         return known
     return rng.choice(known, size=n_samples, replace=False)
 
 
+def check_fim_options(fim_samples: int | None, damping: float) -> None:
+    if fim_samples is not None and (not isinstance(fim_samples, (int, np.integer)) or fim_samples < 1):
+        raise CincerError(f"fim_samples must be a positive integer or None (all known examples), got {fim_samples!r}")
+    if not damping >= 0:
+        raise CincerError(f"damping must be >= 0, got {damping}")
+
+
 # --------------------------------------------------------------------------- Fisher kernels
 
 def top_fisher_ranking(learner: Learner, X: torch.Tensor, labels: np.ndarray, target: int,
-                       candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float = 0.0) -> Ranking:
+                       candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float = 0.0,
+                       factorization: str = "auto") -> Ranking:
     """CINCER: rank candidates by ``-g_t^T F^{-1} g_k`` over the top layer, in closed form."""
     idx = np.concatenate([[target], candidates, fim_examples])
     H, P = learner.features_and_probs(X[idx])
     y = torch.as_tensor(labels[idx], dtype=torch.long, device=H.device)
     n_cand = len(candidates)
-    solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping)
+    solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping,
+                          factorization=factorization)
     g_t = top_layer_scores(H[:1], P[:1], y[:1])[0]
     V = solver.solve(g_t.reshape(-1)).reshape(g_t.shape)
     cand = slice(1, 1 + n_cand)
@@ -115,14 +158,19 @@ def top_fisher_ranking(learner: Learner, X: torch.Tensor, labels: np.ndarray, ta
 
 
 @SELECTORS.register("top_fisher")
-def top_fisher(fim_samples: int | None = None, damping: float = 0.0, **_) -> Selector:
+def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto") -> Selector:
     """Top-layer Fisher kernel. FIM over ``fim_samples`` random known examples (default: all of them;
-    the paper used 30), pseudo-inverted (``damping == 0``, the paper) or damped."""
+    the paper used 30), pseudo-inverted (``damping == 0``, the paper) or damped; ``factorization="eigh"``
+    skips the Cholesky shortcut of the pseudo-inverse (see :class:`cincer.fisher.FisherSolver`)."""
+    check_fim_options(fim_samples, damping)
+    if factorization not in ("auto", "eigh"):
+        raise CincerError(f"factorization must be auto or eigh, got {factorization!r}")
+
     def select(ctx: SelectionContext) -> Ranking:
         fim_examples = sample_indices(ctx.known, fim_samples, ctx.rng)
         return top_fisher_ranking(ctx.learner, ctx.X, ctx.labels, ctx.target, ctx.candidates,
-                                  fim_examples, damping=damping)
-    return select
+                                  fim_examples, damping=damping, factorization=factorization)
+    return Selector(select)
 
 
 def all_parameter_ranking(ctx: SelectionContext, apply_inverse: Callable[[torch.Tensor], torch.Tensor]) -> Ranking:
@@ -135,8 +183,12 @@ def all_parameter_ranking(ctx: SelectionContext, apply_inverse: Callable[[torch.
 
 @SELECTORS.register("full_fisher")
 def full_fisher_selector(fim_samples: int | None = None, damping: float = 0.0,
-                         max_params: int = 20_000, **_) -> Selector:
+                         max_params: int = 20_000) -> Selector:
     """Fisher kernel over all parameters with the dense (Gram-space) true FIM; small networks only."""
+    check_fim_options(fim_samples, damping)
+    if max_params < 1:
+        raise CincerError(f"max_params must be at least 1, got {max_params}")
+
     def select(ctx: SelectionContext) -> Ranking:
         n_params = n_parameters(ctx.model)
         if n_params > max_params:
@@ -145,53 +197,56 @@ def full_fisher_selector(fim_samples: int | None = None, damping: float = 0.0,
         fim_examples = sample_indices(ctx.known, fim_samples, ctx.rng)
         solver = FisherSolver(full_fisher(ctx.model, ctx.X[fim_examples]), damping=damping)
         return all_parameter_ranking(ctx, solver.solve)
-    return select
+    return Selector(select, needs_gradients=True)
 
 
 @SELECTORS.register("practical_fisher")
-def practical_fisher(**_) -> Selector:
+def practical_fisher() -> Selector:
     """``F = I``: the plain inner product of the scores over all parameters."""
-    return lambda ctx: all_parameter_ranking(ctx, lambda g_t: g_t)
+    return Selector(lambda ctx: all_parameter_ranking(ctx, lambda g_t: g_t), needs_gradients=True)
 
 
 @SELECTORS.register("influence")
-def influence(config: InfluenceConfig | None = None, **_) -> Selector:
+def influence(config: InfluenceConfig | None = None) -> Selector:
     """Influence functions: support ``-g_t^T H^{-1} g_k`` with the Hessian of the training loss over D."""
     config = config or InfluenceConfig()
+    config.validate()
 
     def select(ctx: SelectionContext) -> Ranking:
         X_known, y_known = ctx.X[ctx.known], ctx.label_tensor(ctx.known)
         return all_parameter_ranking(ctx, lambda g_t: inverse_hvp(ctx.model, X_known, y_known, g_t, config))
-    return select
+    return Selector(select, needs_gradients=True)
 
 
 # --------------------------------------------------------------------------- other baselines
 
 @SELECTORS.register("nearest")
-def nearest(**_) -> Selector:
+def nearest() -> Selector:
     """1-NN in input space (Euclidean); the score is minus the distance."""
     from sklearn.metrics import pairwise_distances
 
     def select(ctx: SelectionContext) -> Ranking:
-        flat = lambda idx: ctx.X[idx].reshape(len(idx), -1).cpu().numpy()
+        def flat(idx: Any) -> np.ndarray:
+            return ctx.X[idx].reshape(len(idx), -1).cpu().numpy()
         dist = pairwise_distances(flat([ctx.target]), flat(ctx.candidates))[0]
         return Ranking.from_scores(ctx.candidates, -dist)
-    return select
+    return Selector(select)
 
 
 @SELECTORS.register("random")
-def random_selector(**_) -> Selector:
+def random_selector() -> Selector:
     """A uniformly random candidate (random scores)."""
-    return lambda ctx: Ranking.from_scores(ctx.candidates, ctx.rng.random(len(ctx.candidates)))
+    return Selector(lambda ctx: Ranking.from_scores(ctx.candidates, ctx.rng.random(len(ctx.candidates))))
 
 
 @SELECTORS.register("none")
-def no_counterexample(**_) -> Selector:
+def no_counterexample() -> Selector:
     """Query the suspicious example alone (the paper's ``no_ce``)."""
-    return with_policy(lambda ctx: Ranking.empty(), "none")
+    return Selector(lambda ctx: Ranking.empty(), policy="none")
 
 
 @SELECTORS.register("drop_ce")
-def drop_counterexample(**params) -> Selector:
+def drop_counterexample(fim_samples: int | None = None, damping: float = 0.0,
+                        factorization: str = "auto") -> Selector:
     """Query the suspicious example alone; if its label is right, drop CINCER's counter-example from D."""
-    return with_policy(top_fisher(**params), "drop")
+    return Selector(top_fisher(fim_samples, damping, factorization).rank, policy="drop")

@@ -5,7 +5,7 @@ side by side. ``Store`` (SQLite) holds every decision, ``Session`` runs CINCER's
 from .export import write_export
 from .project import Project, SessionConfig, create_demo, init_project, load_project
 from .session import Session
-from .store import Conflict, NotFound, Store
+from .store import Store
 
-__all__ = ["Conflict", "NotFound", "Project", "Session", "SessionConfig", "Store", "create_demo",
+__all__ = ["Project", "Session", "SessionConfig", "Store", "create_demo",
            "init_project", "load_project", "write_export"]

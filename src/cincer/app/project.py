@@ -20,44 +20,41 @@ import json
 import shutil
 import struct
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..cleaning import CleaningConfig
+from ..config import one_of, option
 from ..errors import CincerError
+from ..models import TrainConfig
 
 PROJECT_FILE = "project.json"
 STORE_FILE = "cincer.sqlite"
 IMAGE_SIZE = 28
 
 
+def _session_training() -> TrainConfig:
+    return TrainConfig(epochs=30, lr=5e-3)
+
+
 @dataclass
-class SessionConfig:
+class SessionConfig(CleaningConfig):
     """How the cleaning session runs: fewer epochs than the paper (30, not 100) with a higher learning
     rate (5e-3, not 1e-3) so that a retrain takes a fraction of a second and the app stays interactive."""
 
-    model: str = "fullnet"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 5e-3
-    threshold: float = 0.2
-    selector: str = "top_fisher"
-    fim_samples: int | None = None
-    mode: str = "stream"  # stream | audit
-    seed: int = 0
+    train: TrainConfig = option(default_factory=_session_training)
+    mode: str = option("stream", "stream: examples in order, as CINCER; audit: most suspicious known examples first",
+                       check=one_of("stream", "audit"))
 
-    def validate(self) -> None:
-        from ..models import MODELS
-        from ..select import SELECTORS
-
-        MODELS[self.model], SELECTORS[self.selector]
-        if self.mode not in ("stream", "audit"):
-            raise CincerError(f"--mode must be stream or audit, got {self.mode!r}")
-        if self.epochs < 1:
-            raise CincerError(f"--epochs must be at least 1, got {self.epochs}")
-        if not 0.0 < self.threshold < 1.0:
-            raise CincerError(f"--threshold must be in (0, 1), got {self.threshold}")
+    @classmethod
+    def from_dict(cls, data: dict) -> SessionConfig:
+        data = dict(data)
+        flat = {k: data.pop(k) for k in ("epochs", "batch_size", "lr") if k in data}  # projects before 0.2
+        if flat:
+            data["train"] = {**_session_training().to_dict(), **data.get("train", {}), **flat}
+        return super().from_dict(data)
 
 
 @dataclass
@@ -103,6 +100,7 @@ class Project:
             raise KeyError(index)
         if self.image_files:
             return (self.root / "images" / f"{index:06d}.png").read_bytes()
+        assert self.pixels is not None  # an image project keeps its pixels when it has no image files
         return encode_png(self.pixels[index])
 
 
@@ -119,13 +117,14 @@ def load_project(root: str | Path) -> Project:
     except (OSError, ValueError) as err:
         raise CincerError(f"cannot read project {root}: {err}") from None
     texts = json.loads((root / "texts.json").read_text()) if (root / "texts.json").is_file() else None
-    get = lambda key: data[key] if key in data.files else None  # noqa: E731
+    get = lambda key: data[key] if key in data.files else None
+    y_test = get("y_test")
     return Project(root=root, name=meta["name"], kind=meta["kind"], class_names=meta["class_names"],
                    X=data["X"], y=data["y"].astype(np.int64), n_known=int(meta["n_known"]),
                    feature_names=meta.get("feature_names"), raw=get("raw"), texts=texts, pixels=get("pixels"),
-                   X_test=get("X_test"), y_test=None if get("y_test") is None else get("y_test").astype(np.int64),
+                   X_test=get("X_test"), y_test=None if y_test is None else y_test.astype(np.int64),
                    y_clean=get("y_clean"), image_files=bool(meta.get("image_files", False)),
-                   config=SessionConfig(**meta.get("config", {})))
+                   config=SessionConfig.from_dict(meta.get("config", {})))
 
 
 def save_project(root: Path, *, name: str, kind: str, class_names: list[str], arrays: dict, n_known: int,
@@ -137,7 +136,7 @@ def save_project(root: Path, *, name: str, kind: str, class_names: list[str], ar
         (root / "texts.json").write_text(json.dumps(texts))
     meta = {"version": 1, "name": name, "kind": kind, "class_names": [str(c) for c in class_names],
             "feature_names": feature_names, "n_known": int(n_known), "image_files": image_files,
-            "source": source, "config": asdict(config or SessionConfig())}
+            "source": source, "config": (config or SessionConfig()).to_dict()}
     (root / PROJECT_FILE).write_text(json.dumps(meta, indent=2))
     return root
 

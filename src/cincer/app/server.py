@@ -19,8 +19,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import CincerError, ConflictError, NotFoundError
 from .session import Session
-from .store import Conflict, NotFound
 
 MAX_BODY = 16 * 1024
 TOKEN_COOKIE = "cincer_token"
@@ -65,12 +65,12 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, err: NotFound):
+    @app.exception_handler(NotFoundError)
+    async def not_found(request: Request, err: NotFoundError):
         return JSONResponse({"detail": str(err)}, status_code=404)
 
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, err: Conflict):
+    @app.exception_handler(ConflictError)
+    async def conflict(request: Request, err: ConflictError):
         state = await run_in_threadpool(session.state)
         return JSONResponse({"detail": f"{err}; this answer was not applied. The current state is attached.",
                              "decision": err.decision, "state": state}, status_code=409)
@@ -79,8 +79,8 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
     async def bad_request(request: Request, err: BadRequest):
         return JSONResponse({"detail": str(err)}, status_code=err.status)
 
-    @app.exception_handler(ValueError)
-    async def invalid(request: Request, err: ValueError):
+    @app.exception_handler(CincerError)
+    async def invalid(request: Request, err: CincerError):
         return JSONResponse({"detail": str(err)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
@@ -101,7 +101,7 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
     @app.get("/static/{name}")
     def static(name: str):
         if name not in STATIC:  # a fixed list: nothing else is ever read from disk
-            raise NotFound(f"no static file {name!r}")
+            raise NotFoundError(f"no static file {name!r}")
         body = resources.files("cincer.app").joinpath("static", name).read_bytes()
         return Response(body, media_type=STATIC[name])
 
@@ -118,7 +118,7 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
     def query(query_id: str, counter: int | None = None):
         stored = session.store.query(query_id)
         if counter is not None and counter not in [i for i, _ in stored.ranking]:
-            raise ValueError(f"counter {counter} is not one of this query's counter-examples")
+            raise CincerError(f"counter {counter} is not one of this query's counter-examples")
         return session.query_view(stored, counter_index=counter)
 
     @app.get("/api/queries/{query_id}/alternatives")
@@ -144,7 +144,7 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
         body = await _read_json(request)
         args = _fields(body, {"decision_id": int})
         if "decision_id" not in args:
-            raise ValueError("decision_id is required (the id of the last decision, from /api/state)")
+            raise CincerError("decision_id is required (the id of the last decision, from /api/state)")
         decision, reopened = await run_in_threadpool(lambda: session.undo(args["decision_id"]))
         state = await run_in_threadpool(session.state)
         return {"undone": decision, "reopened": reopened.id, "state": state}
@@ -157,11 +157,11 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
     def image(index: int):
         session.example(index)  # 404 for an unknown id
         if session.project.kind != "image":
-            raise NotFound(f"example {index} has no image (this is a {session.project.kind} project)")
+            raise NotFoundError(f"example {index} has no image (this is a {session.project.kind} project)")
         try:
             png = session.project.image_png(index)
         except OSError:
-            raise NotFound(f"the image of example {index} is missing from the project folder") from None
+            raise NotFoundError(f"the image of example {index} is missing from the project folder") from None
         return Response(png, media_type="image/png")
 
     @app.get("/api/decisions")
@@ -209,18 +209,18 @@ async def _read_json(request: Request) -> dict:
 def _fields(body: dict, schema: dict[str, type]) -> dict:
     unknown = set(body) - set(schema)
     if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise CincerError(f"unknown field(s): {', '.join(sorted(unknown))}")
     out = {}
     for name, kind in schema.items():
         value = body.get(name)
         if value is None:
             continue
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{name} must be an integer, got {json.dumps(value)[:40]}")
+            raise CincerError(f"{name} must be an integer, got {json.dumps(value)[:40]}")
         if kind is int and not -2**62 <= value < 2**62:
-            raise ValueError(f"{name} is out of range")
+            raise CincerError(f"{name} is out of range")
         if kind is str and not isinstance(value, str):
-            raise ValueError(f"{name} must be a string")
+            raise CincerError(f"{name} must be a string")
         out[name] = value
     return out
 

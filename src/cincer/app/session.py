@@ -1,10 +1,12 @@
 """An annotation session: CINCER's round over a project, with its state rebuilt from the store.
 
-The session wraps a :class:`cincer.loop.CleaningLoop` (stream mode: the loop's ``observe``; audit
-mode: the known set is everything and examples come most-suspicious-first). Every change goes to
-the :class:`~cincer.app.store.Store` first and to memory second, under one lock; the model is
-retrained by a background thread on a snapshot and swapped in when ready, so a query never waits
-for training (the last trained model answers meanwhile).
+The session is a client of :class:`cincer.loop.CleaningLoop`: stream mode asks the loop to
+``observe`` each arriving example; audit mode walks the loop's ``audit_order`` (the known set is
+everything) and asks it to ``query`` each example; decisions reach the labels through the loop's
+``apply`` and ``undo``. Every change is made in memory and in the
+:class:`~cincer.app.store.Store` under one lock, and undone in memory if the store refuses it; the
+model is retrained by a background thread on a snapshot and swapped in when ready, so a query never
+waits for training (the last trained model answers meanwhile).
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ import time
 import numpy as np
 import torch
 
-from ..errors import CincerError
-from ..inspect import INSPECTORS, margin
-from ..learner import Learner
-from ..loop import CleaningLoop
+from ..errors import CincerError, ConflictError, NotFoundError
+from ..learners import Learner
+from ..loop import Answer, Query, Update
 from ..metrics import test_metrics
-from ..models import TrainConfig, build_model
-from ..select import SELECTORS, SelectionContext, candidates_for
+from ..select import Ranking
 from .project import Project
-from .store import Conflict, NotFound, Store, StoredQuery
+from .store import Store, StoredQuery
 
 ACTIONS = ("label", "confirm", "skip")
 TOP_K = 3
@@ -46,14 +46,14 @@ class Session:
         self.last_train_seconds = float("nan")
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "Session":
+    def start(self) -> Session:
         """Rebuild the state from the store and train the first model (synchronously)."""
         cfg, p = self.config, self.project
         cfg.validate()
         mode = self.store.get_meta("mode")
         if mode is None:
             self.store.set_meta("mode", cfg.mode)
-            self.store.set_meta("config", cfg.__dict__)
+            self.store.set_meta("config", cfg.to_dict())
         elif mode != cfg.mode:
             raise CincerError(f"this project's session runs in {mode} mode, not {cfg.mode} "
                               f"(use --mode {mode}, or another project folder)")
@@ -63,16 +63,10 @@ class Session:
         self.X = torch.as_tensor(p.X, dtype=self.dtype)
         self.X_test = None if not p.has_holdout else torch.as_tensor(p.X_test, dtype=self.dtype)
         known = np.arange(p.n) if cfg.mode == "audit" else np.arange(p.n_known + self.cursor)
-        self.loop = CleaningLoop(self._new_learner(), self.X, labels, known,
-                                 inspect=INSPECTORS["margin"](threshold=cfg.threshold),
-                                 select=SELECTORS[cfg.selector](fim_samples=cfg.fim_samples),
-                                 rng=np.random.default_rng(cfg.seed))
+        self.loop = cfg.new_loop(self._new_learner(), self.X, labels, known, np.random.default_rng(cfg.seed))
         self._fit_now()
         if cfg.mode == "audit" and self.store.get_meta("audit_order") is None:
-            probs = self.loop.learner.predict_proba(self.X)
-            margins = probs.max(axis=1) - probs[np.arange(p.n), labels]
-            order = [int(i) for i in np.argsort(-margins, kind="stable") if margins[i] > cfg.threshold]
-            self.store.set_meta("audit_order", order)
+            self.store.set_meta("audit_order", [int(i) for i in self.loop.audit_order()])
         if self.background:
             self._thread = threading.Thread(target=self._worker, name="cincer-retrain", daemon=True)
             self._thread.start()
@@ -92,8 +86,7 @@ class Session:
     # ------------------------------------------------------------------ training
     def _new_learner(self) -> Learner:
         cfg, p = self.config, self.project
-        model = build_model(cfg.model, p.X.shape[1:], p.n_classes, seed=cfg.seed, dtype=self.dtype)
-        return Learner(model, TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr), seed=cfg.seed)
+        return cfg.new_learner(p.X.shape[1:], p.n_classes, seed=cfg.seed, dtype=self.dtype)
 
     def _snapshot(self) -> tuple[np.ndarray, np.ndarray, int]:
         with self.lock:
@@ -116,6 +109,7 @@ class Session:
         history = self.store.f1_history()
         if history and history[-1]["n_decisions"] == n_decisions and history[-1]["n_known"] == n_known:
             return
+        assert self.project.y_test is not None  # a holdout is saved with its labels
         m = test_metrics(learner.predict_proba(self.X_test), self.project.y_test)
         self.store.add_f1(n_decisions=n_decisions, n_known=n_known, f1=m["f1"], accuracy=m["accuracy"])
 
@@ -162,8 +156,7 @@ class Session:
             cursor += 1
             query = self.loop.observe(index)
             if query is not None:
-                stored = self._store_query(index, query.label, query.prediction, query.probs, query.ranking,
-                                           {"cursor": cursor})
+                stored = self._store_query(query, {"cursor": cursor})
                 self.request_retrain()
                 return stored
         if cursor != start:
@@ -177,71 +170,69 @@ class Session:
         while cursor < len(order):
             index = order[cursor]
             cursor += 1
-            probs = self.loop.learner.predict_proba(self.X[[index]])[0]
-            label, prediction = int(self.loop.labels[index]), int(np.argmax(probs))
-            if margin(probs, label) <= self.config.threshold:
-                continue  # no longer suspicious after earlier decisions
-            known = np.asarray(self.loop.known)
-            candidates = candidates_for(self.loop.labels, known, index, prediction)
-            ranking = None
-            if len(candidates):
-                ranking = self.loop.select(SelectionContext(self.loop.learner, self.X, self.loop.labels, known,
-                                                            index, candidates, self.loop.rng))
-            return self._store_query(index, label, prediction, probs, ranking, {"cursor": cursor})
+            query = self.loop.query(index)
+            if query is not None:  # else no longer suspicious after earlier decisions
+                return self._store_query(query, {"cursor": cursor})
         if cursor != start:
             self.store.set_meta("cursor", cursor)
         return None
 
-    def _store_query(self, index, label, prediction, probs, ranking, meta) -> StoredQuery:
-        top = [] if ranking is None else list(zip(ranking.indices[:TOP_K].tolist(), ranking.scores[:TOP_K].tolist()))
-        return self.store.add_query(suspicious=index, counter=top[0][0] if top else None, label=label,
-                                    prediction=prediction, probs=probs, ranking=top, meta=meta)
+    def _store_query(self, query: Query, meta: dict) -> StoredQuery:
+        ranking = query.ranking
+        top = list(zip(ranking.indices[:TOP_K].tolist(), ranking.scores[:TOP_K].tolist()))
+        return self.store.add_query(suspicious=query.index, counter=top[0][0] if top else None, label=query.label,
+                                    prediction=query.prediction, probs=query.probs, ranking=top, meta=meta)
 
     # ------------------------------------------------------------------ decisions
     def answer(self, query_id: str, *, action: str, suspicious_label: int | None = None,
                counter_label: int | None = None, counter_index: int | None = None, who: str | None = None) -> dict:
-        """Commit one decision (raises ValueError for bad input, NotFound, Conflict)."""
+        """Commit one decision (raises CincerError for bad input, NotFoundError, ConflictError)."""
         if action not in ACTIONS:
-            raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+            raise CincerError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
         for name, value in (("suspicious_label", suspicious_label), ("counter_label", counter_label)):
             if value is not None and not 0 <= value < self.project.n_classes:
-                raise ValueError(f"{name} must be a class index in [0, {self.project.n_classes}), got {value}")
+                raise CincerError(f"{name} must be a class index in [0, {self.project.n_classes}), got {value}")
         with self.lock:
-            query = self.store.query(query_id)
-            if query.status != "open":
-                raise Conflict(f"query {query_id} was already {query.status}",
-                               next((d for d in self.store.decisions() if d["query_id"] == query_id), None))
-            counter = query.counter
-            if counter_index is not None:
-                if counter_index not in [i for i, _ in query.ranking]:
-                    raise ValueError(f"counter_index {counter_index} is not one of this query's counter-examples")
-                counter = counter_index
+            stored = self.store.query(query_id)
+            if stored.status != "open":
+                raise ConflictError(f"query {query_id} was already {stored.status}",
+                                    next((d for d in self.store.decisions() if d["query_id"] == query_id), None))
+            query = self._loop_query(stored)
+            if counter_index is not None and counter_index not in query.ranking.indices:
+                raise CincerError(f"counter_index {counter_index} is not one of this query's counter-examples")
+            counter = query.counterexample if counter_index is None else counter_index
             if counter is None and counter_label is not None:
-                raise ValueError("this query has no counter-example to label")
-            labels = self.loop.labels
-            if action == "label":
-                s_new = int(labels[query.suspicious]) if suspicious_label is None else suspicious_label
-                c_new = counter_label
-            else:  # confirm / skip: labels stay
-                s_new, c_new = int(labels[query.suspicious]), None
-            decision = self.store.decide(query_id, who=(who or self.who)[:64], action=action,
-                                         suspicious_new=s_new, counter=counter, counter_new=c_new)
-            labels[decision["suspicious"]] = decision["suspicious_new"]
-            if decision["counter"] is not None:
-                labels[decision["counter"]] = decision["counter_new"]
-            changed = decision["suspicious_old"] != decision["suspicious_new"] or (
-                decision["counter"] is not None and decision["counter_old"] != decision["counter_new"])
-        if changed:
+                raise CincerError("this query has no counter-example to label")
+            if action != "label":  # confirm / skip: labels stay
+                suspicious_label, counter_label = None, None
+            update = self.loop.apply(query, Answer(suspicious_label, counter_label, counter_index))
+            try:
+                decision = self.store.decide(query_id, who=(who or self.who)[:64], action=action,
+                                             suspicious_new=int(self.loop.labels[stored.suspicious]),
+                                             counter=counter, counter_new=counter_label)
+            except BaseException:
+                self.loop.undo(update)
+                raise
+        if update.relabelled:
             self.request_retrain()
         return decision
+
+    def _loop_query(self, stored: StoredQuery) -> Query:
+        """The loop's view of a stored query (its top counter-examples as the ranking)."""
+        ranking = Ranking(np.array([i for i, _ in stored.ranking], dtype=np.int64),
+                          np.array([s for _, s in stored.ranking], dtype=np.float64))
+        return Query(stored.suspicious, stored.label, stored.prediction, np.asarray(stored.probs), ranking,
+                     self.loop.policy)
 
     def undo(self, decision_id: int) -> tuple[dict, StoredQuery]:
         with self.lock:
             decision, reopened = self.store.undo(decision_id)
-            labels = self.loop.labels
-            labels[decision["suspicious"]] = decision["suspicious_old"]
-            if decision["counter"] is not None:
-                labels[decision["counter"]] = decision["counter_old"]
+            update = Update()
+            for role in ("suspicious", "counter"):
+                index, old, new = decision[role], decision[f"{role}_old"], decision[f"{role}_new"]
+                if index is not None and old != new:
+                    update.relabelled[index] = (old, new)
+            self.loop.undo(update)
         self.request_retrain()
         return decision, reopened
 
@@ -252,13 +243,14 @@ class Session:
     def example(self, index: int) -> dict:
         p = self.project
         if not 0 <= index < p.n:
-            raise NotFound(f"unknown example id {index}")
+            raise NotFoundError(f"unknown example id {index}")
         label = int(self.loop.labels[index])
-        out = {"id": index, "label": label, "label_name": self.class_name(label),
-               "original_label": int(p.y[index]), "kind": p.kind}
+        out: dict[str, object] = {"id": index, "label": label, "label_name": self.class_name(label),
+                                  "original_label": int(p.y[index]), "kind": p.kind}
         if p.kind == "image":
             out["image_url"] = f"/api/examples/{index}/image.png"
         elif p.kind == "text":
+            assert p.texts is not None  # a text project always has its texts
             out["text"] = p.texts[index]
         else:
             names = p.feature_names or [f"x{i}" for i in range(p.X.shape[1])]

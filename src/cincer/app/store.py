@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import ConflictError, NotFoundError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS examples (idx INTEGER PRIMARY KEY, original INTEGER NOT NULL, label INTEGER NOT NULL);
@@ -34,18 +36,6 @@ CREATE TABLE IF NOT EXISTS f1_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, n_decisions INTEGER NOT NULL,
     n_known INTEGER NOT NULL, f1 REAL NOT NULL, accuracy REAL NOT NULL);
 """
-
-
-class Conflict(Exception):
-    """The query was already answered (or undone); ``decision`` is the stored one, if any."""
-
-    def __init__(self, message: str, decision: dict | None = None) -> None:
-        super().__init__(message)
-        self.decision = decision
-
-
-class NotFound(Exception):
-    pass
 
 
 @dataclass
@@ -130,7 +120,7 @@ class Store:
         with self._lock:
             row = self._db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
         if row is None:
-            raise NotFound(f"unknown query id {query_id!r}")
+            raise NotFoundError(f"unknown query id {query_id!r}")
         return _query(row)
 
     def add_query(self, *, suspicious: int, counter: int | None, label: int, prediction: int, probs,
@@ -155,10 +145,10 @@ class Store:
         with self._tx() as db:
             row = db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
             if row is None:
-                raise NotFound(f"unknown query id {query_id!r}")
+                raise NotFoundError(f"unknown query id {query_id!r}")
             if row["status"] != "open":
                 existing = db.execute("SELECT * FROM decisions WHERE query_id = ?", (query_id,)).fetchone()
-                raise Conflict(f"query {query_id} was already {row['status']}", _dict(existing))
+                raise ConflictError(f"query {query_id} was already {row['status']}", _dict_or_none(existing))
             s = row["suspicious"]
             s_old = db.execute("SELECT label FROM examples WHERE idx = ?", (s,)).fetchone()[0]
             c_old = None
@@ -180,7 +170,7 @@ class Store:
         with self._lock:
             row = self._db.execute(
                 "SELECT * FROM decisions WHERE undone_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
-        return _dict(row)
+        return _dict_or_none(row)
 
     def undo(self, decision_id: int) -> tuple[dict, StoredQuery]:
         """Undo the last live decision (only that one): restore its old labels and reopen its query
@@ -190,8 +180,9 @@ class Store:
             if last is None or last["id"] != decision_id:
                 target = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
                 if target is None:
-                    raise NotFound(f"unknown decision id {decision_id}")
-                raise Conflict(f"decision {decision_id} is not the last live decision (already undone or superseded)",
+                    raise NotFoundError(f"unknown decision id {decision_id}")
+                raise ConflictError(f"decision {decision_id} is not the last live decision "
+                                    "(already undone or superseded)",
                                _dict(target))
             # labels back to what they were; checked against the current values so nothing drifts
             db.execute("UPDATE examples SET label = ? WHERE idx = ?", (last["suspicious_old"], last["suspicious"]))
@@ -257,8 +248,12 @@ def _set_meta(db: sqlite3.Connection, key: str, value) -> None:
                (key, json.dumps(value)))
 
 
-def _dict(row: sqlite3.Row | None) -> dict | None:
-    return None if row is None else {k: row[k] for k in row.keys()}
+def _dict(row: sqlite3.Row) -> dict:
+    return dict(row)
+
+
+def _dict_or_none(row: sqlite3.Row | None) -> dict | None:
+    return None if row is None else dict(row)
 
 
 def _query(row: sqlite3.Row) -> StoredQuery:

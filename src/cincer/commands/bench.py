@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import CincerError
 
-SECTION_NAMES = "1 top_fisher scaling, 2 mnist/logreg top_fisher, 3 influence/practical_fisher, 4 rounds, 5 Q1 run, 6 convnet memory layout"
+SECTION_NAMES = ("1 top_fisher scaling, 2 mnist/logreg top_fisher, 3 influence/practical_fisher, 4 rounds, "
+                 "5 Q1 run, 6 convnet memory layout")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default=None, help="comma-separated candidate counts of section 1 "
                    "(default 100,10000,1000000; quick 100,10000,100000)")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions per fast measurement")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=main)
 
@@ -51,9 +51,8 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
 
-    from ..bench import BenchConfig, format_table, plot_latency, run_benchmark
+    from ..experiments.bench import BenchConfig, format_table, plot_latency, run_benchmark
 
     if args.from_json is not None:
         try:
@@ -70,10 +69,6 @@ def main(args: argparse.Namespace) -> int:
     sections = parse_sections(args.sections)
     if args.repeats is not None and args.repeats < 1:
         raise CincerError(f"--repeats must be at least 1, got {args.repeats}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CincerError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     if args.out is not None and args.out.exists() and args.out.is_dir():
         raise CincerError(f"--out {args.out} is a directory; give a file name such as bench.json")
     overrides = {"seed": args.seed}

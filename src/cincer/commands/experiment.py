@@ -6,38 +6,25 @@ import argparse
 import json
 from pathlib import Path
 
+from ..device import DEVICE_HELP, resolve_device
 from ..errors import CincerError
-from ..experiments.protocols import METHODS, QUESTIONS, ExperimentConfig, run_experiment
-from ..simulate import resolve_device
+from ..experiments import METHODS, QUESTIONS, ExperimentConfig, run_experiment
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = ExperimentConfig()
     p = sub.add_parser("experiment", help="run one question of the paper (Q1, Q2 or Q3) on a data set and model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Q1: top_fisher, top_fisher_paper, none, drop_ce, upper_bound. "
                                    "Q2: precision@k of counter-example rankings with the model fixed. "
                                    "Q3: top_fisher, top_fisher_paper, practical_fisher, nearest, influence, "
                                    "random, upper_bound. Finished methods are skipped unless --force.")
     p.add_argument("question", choices=sorted(QUESTIONS))
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--model", default=d.model, help="logreg | fullnet | convnet")
+    ExperimentConfig.add_arguments(p)
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset (default: the question's); known: {', '.join(METHODS)}")
-    p.add_argument("--repeats", type=int, default=d.repeats)
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--known", type=int, default=None, help="initial known set (default 100; 500 for text data)")
-    p.add_argument("--noise", type=float, default=d.noise)
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--bits", type=int, default=d.bits)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=JSON",
                    help='any other RunConfig field, e.g. --set damping=1e-3 --set \'train={"batch_size": 64}\'')
-    p.add_argument("--jobs", type=int, default=1, help="methods run in parallel (local processes)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per method run (0: torch's default)")
-    p.add_argument("--device", default=None,
-                   help="where the models train, e.g. cuda (default: the CPU); results are equivalent, not bit-identical")
+    p.add_argument("--jobs", type=int, default=1, help="methods run in parallel (local processes; default 1)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="rerun finished methods")
     p.add_argument("--out", type=Path, required=True, help="experiment folder")
     p.set_defaults(func=main)
@@ -57,17 +44,13 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise CincerError(f"--threads must be >= 0, got {args.threads}")
     if args.jobs < 1:
         raise CincerError(f"--jobs must be at least 1, got {args.jobs}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    exp = ExperimentConfig(question=args.question, dataset=args.dataset, model=args.model, methods=methods,
-                           repeats=args.repeats, rounds=args.rounds, known=args.known, noise=args.noise,
-                           threshold=args.threshold, epochs=args.epochs, seed=args.seed, bits=args.bits,
-                           overrides=parse_overrides(args.overrides))
+    exp = ExperimentConfig.from_args(args, ExperimentConfig(question=args.question, methods=methods,
+                                                            overrides=parse_overrides(args.overrides)))
     resolve_device(args.device)  # a bad name fails before anything is written
-    frame = run_experiment(exp, args.out, force=args.force, jobs=args.jobs, threads=args.threads or None,
+    frame = run_experiment(exp, args.out, force=args.force, jobs=args.jobs, threads=args.threads,
                            device=args.device)
     cols = [c for c in ("method", "status", "f1_final_mean", "f1_final_std", "cleaned_final_mean",
                         "queries_final_mean", "pr5_mean", "pr10_mean", "pr25_mean", "seconds") if c in frame]

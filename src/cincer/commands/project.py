@@ -11,9 +11,13 @@ from ..errors import CincerError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("project", help="create an annotation project folder for `cincer serve`")
     actions = p.add_subparsers(dest="project_command", required=True, parser_class=type(p))
+    from ..app.project import SessionConfig
+
     init = actions.add_parser("init",
                               help="from CSV/Parquet (tabular or text), a folder of images + CSV, or .npz (X, y)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              description="The session settings are stored in the project; `cincer serve` can "
+                                          "override them. --seed also draws the held-out split.")
     init.add_argument("dir", type=Path, help="project folder to create")
     init.add_argument("--data", type=Path, required=True, help=".csv, .tsv, .parquet or .npz (arrays X and y)")
     init.add_argument("--labels", default=None, help="label column (CSV/Parquet)")
@@ -23,9 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--holdout", type=float, default=0.0, help="fraction held out to chart the model's F1")
     init.add_argument("--known", type=int, default=None, help="examples known before the stream starts "
                       "(default: a fifth, between 10 and 100)")
-    init.add_argument("--model", default="fullnet", help="fullnet | logreg")
-    init.add_argument("--epochs", type=int, default=30)
-    init.add_argument("--seed", type=int, default=0)
+    SessionConfig.add_arguments(init)
     init.add_argument("--force", action="store_true", help="overwrite an existing project (its session is kept)")
     init.set_defaults(func=init_main)
     demo = actions.add_parser("demo", help="a demo project: a scikit-learn data set with noisy labels",
@@ -42,14 +44,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def init_main(args: argparse.Namespace) -> int:
     from ..app.project import SessionConfig, init_project
 
-    config = SessionConfig(model=args.model, epochs=args.epochs, seed=args.seed)
+    config = SessionConfig.from_args(args)
     config.validate()
     if args.images is not None and args.text is not None:
         raise CincerError("--images and --text exclude each other")
     if args.data.suffix != ".npz" and args.labels is None:
         raise CincerError("--labels COLUMN is required for CSV/Parquet data")
     root = init_project(args.dir, data=args.data, labels=args.labels, images=args.images, text=args.text,
-                        files=args.files, holdout=args.holdout, n_known=args.known, seed=args.seed,
+                        files=args.files, holdout=args.holdout, n_known=args.known, seed=config.seed,
                         config=config, force=args.force)
     print(f"cincer: project created in {root}; start it with `cincer serve --project {root}`")
     return 0

@@ -15,8 +15,11 @@ DEMO_SETS = ("digits", "breast")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..app.project import SessionConfig
+
     p = sub.add_parser("serve", help="clean labels in the browser: suspicious example and counter-example side by side",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="The session settings below default to the project's (`cincer project init`).")
     p.add_argument("--project", type=Path, default=None,
                    help="project folder (`cincer project init`); default: the demo in ~/.cache/cincer/demo-DATASET")
     p.add_argument("--demo", default="digits", choices=DEMO_SETS,
@@ -25,13 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs a token")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=None, help="access token (generated and printed when --host is not loopback)")
-    p.add_argument("--mode", default=None, choices=("stream", "audit"),
-                   help="stream: examples in order, as CINCER; audit: most suspicious known examples first")
-    p.add_argument("--model", default=None, help="fullnet | logreg (default: the project's, fullnet)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per retrain (default 30)")
-    p.add_argument("--threshold", type=float, default=None, help="margin threshold (default 0.2)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps the server responsive)")
+    SessionConfig.add_arguments(p)
     p.add_argument("--user", default=os.environ.get("USER", "annotator"), help="name written in the audit log")
     p.set_defaults(func=main)
 
@@ -58,9 +55,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"cincer: creating the {args.demo} demo project in {root}", flush=True)
         create_demo(root, dataset=args.demo, limit=args.demo_size)
     project = load_project(root)
-    for name in ("mode", "model", "epochs", "threshold", "seed"):
-        if getattr(args, name) is not None:
-            setattr(project.config, name, getattr(args, name))
+    project.config = type(project.config).from_args(args, project.config)
     token = args.token
     if not is_loopback(args.host) and not token:
         token = secrets.token_urlsafe(18)
@@ -70,9 +65,6 @@ def main(args: argparse.Namespace) -> int:
 
     from ..app.server import create_app
 
-    import torch
-
-    torch.set_num_threads(max(1, args.threads))
     print(f"cincer: training the first model on {project.name} …", flush=True)
     session = Session(project, who=args.user).start()
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"

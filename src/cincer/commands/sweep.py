@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..device import DEVICE_HELP, resolve_device
 from ..errors import CincerError
 from ..experiments.sweep import load_sweep, run_sweep
-from ..simulate import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,17 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster", default=None, metavar="ADDRESS",
                    help="run on an existing Dask distributed scheduler, e.g. tcp://127.0.0.1:8786")
     p.add_argument("--out", type=Path, default=None, help="root folder (overrides the file's 'out')")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per method run (0: torch's default)")
-    p.add_argument("--device", default=None,
-                   help="where the models train, e.g. cuda (default: the CPU); results are equivalent, not bit-identical")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="rerun finished methods")
     p.add_argument("--dry-run", action="store_true", help="list the experiments and what is left, run nothing")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads < 0:
-        raise CincerError(f"--threads must be >= 0, got {args.threads}")
     if args.jobs is not None and args.jobs < 1:
         raise CincerError(f"--jobs must be at least 1, got {args.jobs}")
     sweep = load_sweep(args.file, out=args.out)
@@ -40,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.cluster is None:
         resolve_device(args.device)  # on a cluster the workers check it: they may have GPUs this machine lacks
-    records = run_sweep(sweep, jobs=args.jobs, cluster=args.cluster, force=args.force, threads=args.threads or None,
+    records = run_sweep(sweep, jobs=args.jobs, cluster=args.cluster, force=args.force, threads=args.threads,
                         device=args.device)
     print(f"{len(records)} method run(s) done; {len(sweep.experiments)} experiment(s) summarised")
     return 0

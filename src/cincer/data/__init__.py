@@ -6,13 +6,12 @@ Adding a data set is one function registered in ``DATASETS``: it takes ``seed`` 
 
 from __future__ import annotations
 
+from . import images as _images  # noqa: F401
+from . import sklearn_sets as _sklearn_sets  # noqa: F401  (registers the loaders)
+from . import text as _text  # noqa: F401
+from . import uci as _uci  # noqa: F401
 from .base import Dataset
 from .noise import NOISE_KINDS, flip_labels
 from .registry import DATASETS, load_dataset
-
-from . import sklearn_sets as _sklearn_sets  # noqa: F401  (registers the loaders)
-from . import images as _images  # noqa: F401
-from . import text as _text  # noqa: F401
-from . import uci as _uci  # noqa: F401
 
 __all__ = ["DATASETS", "Dataset", "NOISE_KINDS", "flip_labels", "load_dataset"]

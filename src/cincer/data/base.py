@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import CincerError
+
 
 @dataclass
 class Dataset:
@@ -39,6 +41,6 @@ class Dataset:
         for split in ("train", "test"):
             X, y = getattr(self, f"X_{split}"), getattr(self, f"y_{split}")
             if len(X) != len(y):
-                raise ValueError(f"{self.name}: X_{split} has {len(X)} rows but y_{split} has {len(y)}")
+                raise CincerError(f"{self.name}: X_{split} has {len(X)} rows but y_{split} has {len(y)}")
         self.y_train = np.asarray(self.y_train, dtype=np.int64)
         self.y_test = np.asarray(self.y_test, dtype=np.int64)

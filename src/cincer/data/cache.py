@@ -14,8 +14,8 @@ import json
 import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def load(key: str) -> Dataset | None:
         return None
     shape = sidecar["image_shape"]
     return Dataset(
-        sidecar["name"], **arrays, **texts,
+        sidecar["name"], **arrays, texts_train=texts["texts_train"], texts_test=texts["texts_test"],
         class_names=sidecar["class_names"], feature_names=sidecar["feature_names"],
         image_shape=tuple(shape) if shape else None, meta=sidecar["meta"],
     )

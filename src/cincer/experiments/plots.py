@@ -16,12 +16,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from ..errors import CincerError  # noqa: E402
-from .protocols import ExperimentConfig, default_known, read_experiment  # noqa: E402
+from ..errors import CincerError
+from .protocols import ExperimentConfig, default_known, read_experiment
 
 PAPER = {"repeats": 5, "rounds": 100, "epochs": 100, "noise": 0.2, "threshold": 0.2}
 COLORS = {"top_fisher": "#d62728", "top_fisher_paper": "#ff9896", "none": "#1f77b4", "drop_ce": "#2ca02c",
@@ -129,7 +129,7 @@ def plot_ranking(folder: Path, exp: ExperimentConfig, out: Path) -> list[Path]:
     for i, m in enumerate(methods):
         if sums[m].get("status") == "infeasible":
             ax.text(x[i], 0.02, "infeasible", rotation=90, ha="center", va="bottom", fontsize=8)
-    chance = [s.get("chance_mean") for s in sums.values() if s.get("chance_mean") is not None]
+    chance = [s["chance_mean"] for s in sums.values() if s.get("chance_mean") is not None]
     chance = [c for c in chance if c == c]
     if chance:
         ax.axhline(float(np.mean(chance)), color="black", ls=":", lw=1, label="noisy fraction of candidates")

@@ -1,7 +1,7 @@
 """The paper's three questions as protocols over the engine.
 
-* Q1, Q3: each compared method is a :class:`~cincer.simulate.RunConfig` variant run by
-  :func:`cincer.simulate.run` (the cleaning loop with an oracle annotator).
+* Q1, Q3: each compared method is a :class:`~cincer.experiments.simulate.RunConfig` variant run by
+  :func:`cincer.experiments.simulate.run` (the cleaning loop with an oracle annotator).
 * Q2: ranking quality with the model held fixed (:func:`run_ranking`): the model is trained once per
   repeat on the noisy known set; stream labels are clean; every stream example the model gets wrong
   is a query; its candidates are ranked by each selector and scored by precision@k.
@@ -22,19 +22,20 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..config import Config, at_least, option
 from ..data import DATASETS, Dataset, load_dataset
 from ..errors import CincerError
+from ..inspect import INSPECTORS
+from ..loop import CleaningLoop
 from ..metrics import precision_at_k, test_metrics
 from ..models import TrainConfig
-from ..select import SELECTORS, SelectionContext, candidates_for
-from ..simulate import (PRECISION_KS, RunConfig, draw_repeat, new_learner, on_device, run, selector_params,
-                        write_results)
+from .simulate import PRECISION_KS, RunConfig, draw_repeat, new_learner, on_device, run, write_results
 
 PAPER_FIM_SAMPLES = 30
 TEXT_DATASETS = ("rotten_tomatoes", "20ng")  # the paper used 500 initial examples for 20NG
@@ -69,33 +70,27 @@ QUESTIONS: dict[str, list[str]] = {
 
 
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(Config):
     """One question on one (data set, model) pair; defaults are the paper's protocol."""
 
-    question: str = "q1"
-    dataset: str = "breast"
-    model: str = "fullnet"
-    methods: list[str] | None = None  # default: every method the question compares
-    repeats: int = 5
-    rounds: int = 100
-    known: int | None = None  # default: 100, or 500 for the text data sets
-    noise: float = 0.2
-    threshold: float = 0.2
-    epochs: int = 100
-    seed: int = 0
-    bits: int = 64
-    overrides: dict = field(default_factory=dict)  # any other RunConfig field, e.g. {"train": {"batch_size": 64}}
+    question: str = option("q1", "the paper's question: q1 | q2 | q3", cli=False)
+    dataset: str = option("breast", "data set (cincer data list)")
+    model: str = option("fullnet", "model: logreg | fullnet | convnet")
+    methods: list[str] | None = option(None, "methods compared (default: the question's)", cli=False)
+    repeats: int = option(5, "repeats per method", check=at_least(1))
+    rounds: int = option(100, "stream examples, one per round", check=at_least(0))
+    known: int | None = option(None, "initially known examples (default 100; 500 for text data)", check=at_least(1))
+    noise: float = option(0.2, "fraction of training labels flipped")
+    threshold: float = option(0.2, "margin threshold tau")
+    epochs: int = option(100, "training epochs of each (re)fit", check=at_least(1))
+    seed: int = option(0, "random seed")
+    bits: int = option(64, "float precision: 32 | 64")
+    overrides: dict = option(default_factory=dict, help="any other RunConfig field, e.g. "
+                             "{'train': {'batch_size': 64}}", cli=False)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ExperimentConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise CincerError(f"unknown experiment setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        return cls(**d)
-
-    def resolved(self) -> "ExperimentConfig":
+    def resolved(self) -> ExperimentConfig:
         """Validated copy with ``methods`` and ``known`` filled in."""
+        self.validate()
         if self.question not in QUESTIONS:
             raise CincerError(f"unknown question {self.question!r} (choose from: {', '.join(QUESTIONS)})")
         methods = list(self.methods) if self.methods else list(QUESTIONS[self.question])
@@ -105,8 +100,6 @@ class ExperimentConfig:
         if len(set(methods)) != len(methods):
             raise CincerError(f"duplicate methods in {methods}")
         DATASETS[self.dataset]  # unknown names raise, before anything is written
-        if self.epochs < 1:
-            raise CincerError(f"--epochs must be at least 1, got {self.epochs}")
         out = dataclasses.replace(self, methods=methods, known=self.initial_known)
         for m in methods:
             method_config(out, m).validate()
@@ -134,9 +127,10 @@ def method_config(exp: ExperimentConfig, method: str) -> RunConfig:
         base[key] = {**base[key], **value} if isinstance(base[key], dict) else value
     base.update(METHODS[method])
     try:
-        return RunConfig.from_dict(base)
+        config = RunConfig.from_dict(base)
     except TypeError as err:
         raise CincerError(f"bad overrides: {err}") from None
+    return config.without_unused()  # an experiment's option applies to the methods whose stages take it
 
 
 # --------------------------------------------------------------------------- Q2: fixed-model ranking
@@ -163,27 +157,27 @@ _RANKING_COLUMNS = ["repeat", "query_index", "label", "prediction", "n_candidate
 
 
 def _ranking_repeat(config: RunConfig, data: Dataset, repeat: int, device: str | None) -> tuple[list[dict], dict]:
-    draw = on_device(draw_repeat(config, data, repeat), device)  # the same draws as cincer.simulate.run_repeat
+    draw = on_device(draw_repeat(config, data, repeat), device)  # the same draws as simulate.run_repeat
     seed, X, noisy, known, stream, clean = draw.seed, draw.X, draw.noisy, draw.known, draw.stream, data.y_train
     learner = new_learner(config, data, draw).fit(X[known], noisy[known])
     labels = noisy.copy()
     labels[stream] = clean[stream]  # stream labels are clean: the query is the model's mistake
     is_noisy = labels != clean
-    predictions = learner.predict_proba(X[stream]).argmax(axis=1)
-    select = SELECTORS[config.selector](**selector_params(config))
-    select_rng = np.random.default_rng([seed, 2])
+    # every mistake is a query ('always'); D stays the initial known set: the model is fixed
+    loop = CleaningLoop(learner, X, labels, known, inspect=INSPECTORS.create("always"),
+                        select=config.make_selector(), rng=np.random.default_rng([seed, 2]))
     rows = []
-    for index, pred in zip(stream, predictions):
-        if pred == clean[index]:
-            continue
-        candidates = candidates_for(labels, known, int(index), int(pred))
-        row = {"repeat": repeat, "query_index": int(index), "label": int(clean[index]), "prediction": int(pred),
-               "n_candidates": len(candidates), "noisy_candidates": int(is_noisy[candidates].sum()),
-               "chance": float(is_noisy[candidates].mean()) if len(candidates) else float("nan")}
+    for index, probs in zip(stream, learner.predict_proba(X[stream])):
         t0 = time.perf_counter()
-        ranked = select(SelectionContext(learner, X, labels, known, int(index), candidates, select_rng)).indices \
-            if len(candidates) else np.zeros(0, dtype=np.int64)
-        row["select_seconds"] = time.perf_counter() - t0
+        query = loop.query(int(index), probs)
+        if query is None:
+            continue
+        ranked = query.ranking.indices
+        row = {"repeat": repeat, "query_index": int(index), "label": int(clean[index]),
+               "prediction": query.prediction, "n_candidates": len(ranked),
+               "noisy_candidates": int(is_noisy[ranked].sum()),
+               "chance": float(is_noisy[ranked].mean()) if len(ranked) else float("nan"),
+               "select_seconds": time.perf_counter() - t0}
         for k in PRECISION_KS:
             row[f"pr{k}"] = precision_at_k(ranked, is_noisy, k)
         rows.append(row)
@@ -276,7 +270,8 @@ def write_experiment(out: Path, exp: ExperimentConfig, *, force: bool = False) -
             exp = dataclasses.replace(exp, methods=ordered)
         elif not force:
             diff = [f"{f.name}: {getattr(old, f.name)!r} -> {getattr(exp, f.name)!r}"
-                    for f in dataclasses.fields(exp) if f.name != "methods" and getattr(old, f.name) != getattr(exp, f.name)]
+                    for f in dataclasses.fields(exp)
+                    if f.name != "methods" and getattr(old, f.name) != getattr(exp, f.name)]
             raise CincerError(f"{out} holds an experiment with other settings ({'; '.join(diff)}); "
                               "use another folder, or --force to replace it")
     meta = {"experiment": dataclasses.asdict(exp),
@@ -317,19 +312,4 @@ def collect_summary(out: Path, exp: ExperimentConfig) -> pd.DataFrame:
     tmp = Path(out) / f".summary.csv.tmp-{os.getpid()}"
     frame.to_csv(tmp, index=False)
     os.replace(tmp, Path(out) / "summary.csv")
-    return frame
-
-
-def run_experiment(exp: ExperimentConfig, out: Path, *, force: bool = False, jobs: int = 1,
-                   threads: int | None = 1, device: str | None = None, log=print) -> pd.DataFrame:
-    """Every method of ``exp`` into ``out``; finished methods are skipped unless ``force``."""
-    from .sweep import Task, raise_failures, run_tasks
-
-    exp = exp.resolved()
-    out = Path(out)
-    tasks = [Task(exp, m, out, force, threads, device) for m in exp.methods or []]
-    merged = write_experiment(out, exp, force=force)
-    records = run_tasks(tasks, jobs=jobs, log=log)
-    frame = collect_summary(out, merged)
-    raise_failures(records)
     return frame

@@ -25,15 +25,25 @@ import dataclasses
 import json
 import shutil
 import time
-import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+import tomllib
+
+from ..device import resolve_device
 from ..errors import CincerError
-from ..simulate import resolve_device
-from .protocols import (ExperimentConfig, collect_summary, method_config, method_done, replace_folder,
-                        run_method, temporary_folder, write_experiment)
+from .protocols import (
+    ExperimentConfig,
+    collect_summary,
+    method_config,
+    method_done,
+    replace_folder,
+    run_method,
+    temporary_folder,
+    write_experiment,
+)
 
 SLOW_FIRST = {"influence": 0, "full_fisher": 1, "practical_fisher": 2}  # start the long ones first
 
@@ -103,7 +113,8 @@ def run_tasks(tasks: list[Task], *, jobs: int = 1, cluster: str | None = None, l
 
     if cluster is not None:
         try:
-            from distributed import Client, as_completed as dask_completed
+            from distributed import Client
+            from distributed import as_completed as dask_completed
         except ImportError:  # pragma: no cover - distributed is a dependency
             raise CincerError("--cluster needs the 'distributed' package") from None
         try:
@@ -116,9 +127,9 @@ def run_tasks(tasks: list[Task], *, jobs: int = 1, cluster: str | None = None, l
                 report(futures[future], future.result)
     elif jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_task, t): t for t in todo}
-            for future in as_completed(futures):
-                report(futures[future], future.result)
+            pool_futures = {pool.submit(run_task, t): t for t in todo}
+            for pool_future in as_completed(pool_futures):
+                report(pool_futures[pool_future], pool_future.result)
     else:
         for task in todo:
             report(task, lambda: run_task(task))
@@ -130,6 +141,19 @@ def run_tasks(tasks: list[Task], *, jobs: int = 1, cluster: str | None = None, l
             if source is not None and task is not source and (task.force or not method_done(task.out, task.method)):
                 copy_method(source.out, task.out, task.method)
     return records
+
+
+def run_experiment(exp: ExperimentConfig, out: Path, *, force: bool = False, jobs: int = 1,
+                   threads: int | None = 1, device: str | None = None, log=print) -> pd.DataFrame:
+    """Every method of ``exp`` into ``out``; finished methods are skipped unless ``force``."""
+    exp = exp.resolved()
+    out = Path(out)
+    tasks = [Task(exp, m, out, force, threads, device) for m in exp.methods or []]
+    merged = write_experiment(out, exp, force=force)
+    records = run_tasks(tasks, jobs=jobs, log=log)
+    frame = collect_summary(out, merged)
+    raise_failures(records)
+    return frame
 
 
 def raise_failures(records: list[dict]) -> None:

@@ -8,16 +8,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import Config, at_least, option, positive
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Paper defaults (ref. code): Adam lr 1e-3, 100 epochs, batch 32, retrain from the initial weights."""
 
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 1e-3
-    warm_start: bool = False  # keep training the current weights instead of resetting them
-    warm_epochs: int | None = None  # epochs of a warm-started retrain (default: ``epochs``)
+    epochs: int = option(100, "training epochs of each (re)fit", check=at_least(1))
+    batch_size: int = option(32, "mini-batch size", check=at_least(1))
+    lr: float = option(1e-3, "Adam learning rate", check=positive)
+    warm_start: bool = option(False, "retrain from the last model, keeping Adam's state (fast mode)")
+    warm_epochs: int | None = option(None, "epochs of a warm-started retrain (default: --epochs)", check=at_least(1))
 
 
 def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, config: TrainConfig, *, seed: int,

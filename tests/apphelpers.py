@@ -12,9 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from .project import SessionConfig, create_demo
+from cincer.app.project import SessionConfig, create_demo
+from cincer.models import TrainConfig
 
-QUICK = SessionConfig(model="fullnet", epochs=10, lr=1e-2, seed=0)
+QUICK = SessionConfig(model="fullnet", train=TrainConfig(epochs=10, lr=1e-2), seed=0)
 
 
 def small_demo(root: str | Path, *, size: int = 300, n_known: int = 60, dataset: str = "digits",
@@ -41,12 +42,15 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.starts = 0
 
-    def start(self, timeout: float = 60.0) -> "ServerProcess":
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "cincer.cli", "serve", "--project", str(self.project),
-                                      "--port", str(self.port), *self.extra], stdout=out, stderr=subprocess.STDOUT,
-                                     env=env)
+        command = [sys.executable, "-m", "cincer.cli", "serve", "--project", str(self.project),
+                   "--port", str(self.port), *self.extra]
+        if self.log:
+            with open(self.log, "ab") as out:  # the child keeps its own handle
+                self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        else:
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -74,7 +78,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

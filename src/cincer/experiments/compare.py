@@ -18,8 +18,8 @@ Every annotator answer is the clean label (the simulated oracle), so every examp
 wrong label gets fixed. Then a fresh model is trained on the whole training set with each method's
 labels, and its test F1 is recorded, next to the same model on the noisy labels and on the clean ones.
 
-The module also registers the ``cleanlab`` inspector: suspicious when the self-confidence label
-quality ``P(label | x)`` is below the threshold.
+The ``cleanlab`` inspector (suspicious when the self-confidence label quality ``P(label | x)`` is below
+the threshold) lives with the others in :mod:`cincer.inspect`.
 """
 
 from __future__ import annotations
@@ -27,91 +27,38 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
-from .data import Dataset, load_dataset
-from .errors import CincerError
-from .inspect import INSPECTORS, Inspector
-from .learner import Learner
-from .metrics import test_metrics
-from .simulate import draw_repeat
-from .models import MODELS, TrainConfig, build_model
+from .. import __version__
+from ..api import Cleaner, LabelQuery
+from ..config import at_least, one_of, option
+from ..data import Dataset, load_dataset
+from ..errors import CincerError
+from ..inspect import label_quality
+from ..learners import TorchLearner
+from ..metrics import test_metrics
+from ..models import build_model
+from .simulate import SimulationConfig, draw_repeat
 
 METHODS = ("cleanlab", "cincer_stream", "cincer_audit", "cleanlab_same_examples")
 REFERENCES = ("noisy", "clean")
 
 
-# --------------------------------------------------------------------------- the cleanlab inspector
-
-def label_quality(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """cleanlab's self-confidence label quality ``P(label | x)`` for every row."""
-    from cleanlab.rank import get_label_quality_scores
-
-    return get_label_quality_scores(np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64),
-                                    method="self_confidence")
-
-
-@INSPECTORS.register("cleanlab")
-def cleanlab_inspector(threshold: float = 0.5, **_) -> Inspector:
-    """cleanlab's test instead of the margin: suspicious when the label quality is below ``threshold``."""
-    if not 0.0 < threshold <= 1.0:
-        raise CincerError(f"the cleanlab quality threshold must be in (0, 1], got {threshold}")
-    return lambda probs, label, rng: bool(label_quality(probs[None], np.array([label]))[0] < threshold)
-
-
-# --------------------------------------------------------------------------- configuration
-
 @dataclass
-class CompareConfig:
+class CompareConfig(SimulationConfig):
     """Every setting of one comparison; ``train_size``/``test_size`` subsample (``None``: all)."""
 
-    dataset: str = "breast"
-    model: str = "fullnet"
-    budget: int = 20
-    repeats: int = 5
-    seed: int = 0
-    noise: float = 0.2
-    noise_kind: str = "random"
-    known: int = 100
-    folds: int = 5
-    threshold: float = 0.2
-    selector: str = "top_fisher"
-    stream_retrain: str = "answer"
-    train_size: int | None = None
-    test_size: int | None = None
-    bits: int = 64
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def validate(self) -> None:
-        from .data import NOISE_KINDS
-        from .select import SELECTORS
-
-        MODELS[self.model], SELECTORS[self.selector]  # unknown names raise
-        if self.noise_kind not in NOISE_KINDS:
-            raise CincerError(f"--noise-kind must be one of {', '.join(NOISE_KINDS)}, got {self.noise_kind!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise CincerError(f"--threshold must be in (0, 1), got {self.threshold}")
-        for name in ("budget", "repeats", "known"):
-            if getattr(self, name) < 1:
-                raise CincerError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.folds < 2:
-            raise CincerError(f"--folds must be at least 2, got {self.folds}")
-        if not 0.0 < self.noise < 1.0:
-            raise CincerError(f"--noise must be in (0, 1), got {self.noise}")
-        if self.stream_retrain not in ("sync", "answer"):
-            raise CincerError(f"--stream-retrain must be sync or answer, got {self.stream_retrain!r}")
-        if self.bits not in (32, 64):
-            raise CincerError(f"--bits must be 32 or 64, got {self.bits}")
-        for name in ("train_size", "test_size"):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise CincerError(f"--{name.replace('_', '-')} must be at least 2, got {value}")
+    budget: int = option(20, "annotator questions (a CINCER pair is ONE)", check=at_least(1))
+    folds: int = option(5, "cross-validation folds for cleanlab's probabilities", check=at_least(2))
+    stream_retrain: str = option("answer", "sync: retrain after every stream example (paper); answer: only after "
+                                 "each answer", check=one_of("sync", "answer"))
+    train_size: int | None = option(None, "random subsample of the training set", check=at_least(2))
+    test_size: int | None = option(None, "random subsample of the test set", check=at_least(2))
 
     def check_fits(self, n_train: int) -> None:
         if self.known >= n_train:
@@ -146,7 +93,7 @@ def cross_val_probs(config: CompareConfig, X: torch.Tensor, labels: np.ndarray, 
     probs = np.zeros((len(labels), n_classes))
     for fold, (fit_idx, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         learner = _learner(config, X, n_classes, seed)
-        learner.seed = seed + 1000 * (fold + 1)
+        learner.seed = seed + 1000 * (fold + 1)  # the same initial weights, another training order per fold
         learner.fit(X[fit_idx], labels[fit_idx])
         probs[held_out] = learner.predict_proba(X[held_out])
     return probs
@@ -168,15 +115,14 @@ def clean_with_cleanlab(order: np.ndarray, noisy, clean, n_questions: int) -> tu
                     "fixed_suspicious": fixed, "fixed_ce": 0, "stream_seen": 0}
 
 
-def _cleaner(config: CompareConfig, X: torch.Tensor, n_classes: int, seed: int, retrain: str):
-    from .api import Cleaner
-
+def _cleaner(config: CompareConfig, X: torch.Tensor, n_classes: int, seed: int, retrain: str) -> Cleaner:
     model = build_model(config.model, tuple(X.shape[1:]), n_classes, seed=seed, dtype=X.dtype)
-    return Cleaner(model, classes=list(range(n_classes)), train_config=config.train, inspector="margin",
-                   threshold=config.threshold, selector=config.selector, retrain=retrain, seed=seed)
+    return Cleaner(model, classes=list(range(n_classes)), train_config=config.train, inspector=config.inspector,
+                   threshold=config.inspector_params().get("threshold"), selector=config.selector,
+                   selector_params=config.selector_params(), retrain=retrain, seed=seed)
 
 
-def _answer(cleaner, query, pool_to_data: np.ndarray, clean: np.ndarray, counts: dict) -> None:
+def _answer(cleaner: Cleaner, query: LabelQuery, pool_to_data: np.ndarray, clean: np.ndarray, counts: dict) -> None:
     """The oracle's answer to one query (clean labels for the example and its counter-example)."""
     ce = query.counterexample
     changed = cleaner.answer(query, int(clean[pool_to_data[query.index]]),
@@ -217,9 +163,8 @@ def clean_with_audit(config, X, noisy, clean, n_classes, seed) -> tuple[np.ndarr
     return np.asarray(cleaner.labels_, dtype=np.int64), counts
 
 
-def _learner(config: CompareConfig, X: torch.Tensor, n_classes: int, seed: int) -> Learner:
-    model = build_model(config.model, tuple(X.shape[1:]), n_classes, seed=seed, dtype=X.dtype)
-    return Learner(model, config.train, seed=seed)
+def _learner(config: CompareConfig, X: torch.Tensor, n_classes: int, seed: int) -> TorchLearner:
+    return config.new_learner(tuple(X.shape[1:]), n_classes, seed=seed, dtype=X.dtype)
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -235,7 +180,7 @@ def run_compare_repeat(config: CompareConfig, data: Dataset, repeat: int) -> lis
     def cleanlab_run(n_questions=None):
         if "order" not in cache:
             cache["order"] = cleanlab_order(config, X, noisy, data.n_classes, seed)
-        return clean_with_cleanlab(cache["order"], noisy, clean, n_questions or config.budget)
+        return clean_with_cleanlab(cache["order"], noisy, clean, config.budget if n_questions is None else n_questions)
 
     def audit_run():
         labels, counts = clean_with_audit(config, X, noisy, clean, data.n_classes, seed)

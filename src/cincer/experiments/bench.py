@@ -16,16 +16,35 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from . import __version__
-from .fisher import FisherSolver, TopLayerFisher, head_kernel, top_layer_kernel, top_layer_scores
-from .influence import InfluenceConfig
+from .. import __version__
+from ..cleaning import CleaningConfig
+from ..data import flip_labels, load_dataset
+from ..fisher import FisherSolver, TopLayerFisher, head_kernel, top_layer_kernel, top_layer_scores
+from ..influence import InfluenceConfig
+from ..inspect import INSPECTORS
+from ..loop import CleaningLoop, OracleAnnotator
+from ..metrics import test_metrics
+from ..models import TrainConfig, build_model, predict_proba, train
+from ..select import SELECTORS
+from .naive import (
+    head_params,
+    naive_dense_fim,
+    naive_lissa,
+    naive_score,
+    naive_scores_dot,
+    naive_top_fisher_vector,
+    naive_top_kernel,
+    naive_top_score,
+)
+from .simulate import RunConfig, run
 
 
 @dataclass
@@ -53,10 +72,11 @@ class BenchConfig:
     sections: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
 
     @classmethod
-    def quick(cls, **kw) -> "BenchConfig":
-        base = dict(sizes=(100, 10_000, 100_000), naive_max=200, repeats=3, mnist_pinv_eigh=False,
-                    round_cases=(("breast", "fullnet", "paper", 2), ("breast", "fullnet", "fast", 2)),
-                    q1=False, layout_images=512, layout_train=(40, 1))
+    def quick(cls, **kw) -> BenchConfig:
+        base: dict[str, Any] = dict(
+            sizes=(100, 10_000, 100_000), naive_max=200, repeats=3, mnist_pinv_eigh=False,
+            round_cases=(("breast", "fullnet", "paper", 2), ("breast", "fullnet", "fast", 2)),
+            q1=False, layout_images=512, layout_train=(40, 1))
         base.update(kw)
         return cls(**base)
 
@@ -83,13 +103,18 @@ def machine() -> dict:
             "load_average_at_start": [round(x, 2) for x in load]}
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], object]:
-    """Median wall time of ``repeats`` calls (after one warm-up call), all times, and the last result.
+class Timing(NamedTuple):
+    """Median wall time, every wall time, median CPU time (on a shared machine the wall time includes
+    waiting for a core, the CPU time does not) and the last result."""
 
-    The CPU time of the same calls is kept in :data:`LAST_CPU` (median): on a shared machine the
-    wall time includes waiting for a core, the CPU time does not.
-    """
-    global LAST_CPU
+    wall: float
+    times: list[float]
+    cpu: float
+    result: Any
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> Timing:
+    """``repeats`` timed calls after one warm-up call."""
     result = fn()
     times, cpu = [], []
     for _ in range(repeats):
@@ -97,11 +122,7 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], o
         result = fn()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
-    LAST_CPU = statistics.median(cpu)
-    return statistics.median(times), times, result
-
-
-LAST_CPU = float("nan")
+    return Timing(statistics.median(times), times, statistics.median(cpu), result)
 
 
 def _rss_kib(field_name: str) -> int | None:
@@ -135,73 +156,6 @@ def peak_extra_memory(fn: Callable[[], object]) -> tuple[int | None, object]:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-# --------------------------------------------------------------------------- naive baselines (autograd, per candidate)
-
-def _head_params(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return weight.detach().clone().requires_grad_(True), bias.detach().clone().requires_grad_(True)
-
-
-def naive_top_score(weight: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, label: int) -> torch.Tensor:
-    """``grad log P(label | h)`` over the head by autograd, flattened like :func:`top_layer_scores`."""
-    logp = torch.log_softmax(h @ weight.T + bias, dim=0)[label]
-    gW, gb = torch.autograd.grad(logp, (weight, bias))
-    return torch.cat([gW, gb[:, None]], dim=1).reshape(-1)
-
-
-def naive_top_fisher_vector(weight: torch.Tensor, bias: torch.Tensor, H_known: torch.Tensor,
-                            h_t: torch.Tensor, y_t: int, *, rtol: float = 1e-10) -> torch.Tensor:
-    """The paper's way to get ``F^+ g_t``: dense FIM from autograd scores of every (example, class),
-    then ``pinv``."""
-    W, b = _head_params(weight, bias)
-    F = _naive_dense_fim(W, b, H_known)
-    return torch.linalg.pinv(F, rtol=rtol, hermitian=True) @ naive_top_score(W, b, h_t, y_t)
-
-
-def naive_top_kernel(weight: torch.Tensor, bias: torch.Tensor, v: torch.Tensor, H: torch.Tensor,
-                     y: torch.Tensor) -> torch.Tensor:
-    """``g_k^T v`` by one autograd call per candidate."""
-    W, b = _head_params(weight, bias)
-    return torch.stack([naive_top_score(W, b, h, int(label)) @ v for h, label in zip(H, y)])
-
-
-def naive_scores_dot(model: torch.nn.Module, v: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``g_k^T v`` over all parameters, one ``torch.autograd.grad`` per candidate."""
-    model.eval()
-    params = list(model.parameters())
-    out = []
-    for x, label in zip(X, y):
-        logp = torch.log_softmax(model(x[None])[0], dim=0)[label]
-        out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(logp, params)]) @ v)
-    return torch.stack(out) if out else v.new_zeros(0)
-
-
-def naive_score(model: torch.nn.Module, x: torch.Tensor, label: int) -> torch.Tensor:
-    model.eval()
-    logp = torch.log_softmax(model(x[None])[0], dim=0)[label]
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(logp, list(model.parameters()))])
-
-
-def naive_lissa(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, v: torch.Tensor,
-                config: InfluenceConfig) -> torch.Tensor:
-    """LiSSA with Hessian-vector products by double backward (``create_graph=True``), as in Koh & Liang."""
-    model.eval()
-    params = list(model.parameters())
-
-    def hvp(vec: torch.Tensor) -> torch.Tensor:
-        loss = torch.nn.functional.cross_entropy(model(X), y)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        return torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat @ vec, params)])
-
-    estimates = []
-    for _ in range(config.samples):
-        h = v.clone()
-        for _ in range(config.depth):
-            h = v + (1.0 - config.damping) * h - hvp(h) / config.scale
-        estimates.append(h / config.scale)
-    return torch.stack(estimates).mean(0)
 
 
 # --------------------------------------------------------------------------- fast paths
@@ -249,24 +203,13 @@ def check_top_fisher(n: int = 300, hidden: int = 8, n_classes: int = 4, n_known:
     if damping == 0:
         v = naive_top_fisher_vector(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"])
     else:
-        W, b = _head_params(s["weight"], s["bias"])
-        F = _naive_dense_fim(W, b, s["H_known"])
-        v = torch.linalg.solve(F + damping * torch.eye(len(F), dtype=F.dtype), naive_top_score(W, b, s["h_t"], s["y_t"]))
+        W, b = head_params(s["weight"], s["bias"])
+        F = naive_dense_fim(W, b, s["H_known"])
+        F = F + damping * torch.eye(len(F), dtype=F.dtype)
+        v = torch.linalg.solve(F, naive_top_score(W, b, s["h_t"], s["y_t"]))
     naive = naive_top_kernel(s["weight"], s["bias"], v, s["H"], s["y"]).detach()
     scale = naive.abs().max()
     return float(max((fast - naive).abs().max(), (on_the_fly - naive).abs().max()) / scale)
-
-
-def _naive_dense_fim(W: torch.Tensor, b: torch.Tensor, H_known: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        P = torch.softmax(H_known @ W.T + b, dim=1)
-    d = W.numel() + b.numel()
-    F = torch.zeros(d, d, dtype=H_known.dtype)
-    for i, h in enumerate(H_known):
-        for c in range(P.shape[1]):
-            s = naive_top_score(W, b, h, c)
-            F += P[i, c] * torch.outer(s, s)
-    return F / len(H_known)
 
 
 # --------------------------------------------------------------------------- sections
@@ -274,122 +217,100 @@ def _naive_dense_fim(W: torch.Tensor, b: torch.Tensor, H_known: torch.Tensor) ->
 def section_top_fisher_scaling(cfg: BenchConfig) -> list[dict]:
     """1. top_fisher selection latency vs number of candidates (fullnet top layer: 32 + 1, 10 classes)."""
     rows = []
-    largest = max(cfg.sizes)
     for dtype in (torch.float64, torch.float32):
-        s = synthetic_top_layer(largest, cfg.hidden, cfg.n_classes, cfg.fim_known, seed=cfg.seed, dtype=dtype)
-        # the naive baseline: fixed part (autograd FIM + pinv + g_t) and per-candidate loop, timed once
-        n_naive = min(cfg.naive_max, largest)
-        naive_fixed, _, v = timed(lambda: naive_top_fisher_vector(s["weight"], s["bias"], s["H_known"],
-                                                                  s["h_t"], s["y_t"]), 1)
-        naive_fixed_cpu = LAST_CPU
-        naive_loop, _, _ = timed(lambda: naive_top_kernel(s["weight"], s["bias"], v, s["H"][:n_naive],
-                                                          s["y"][:n_naive]), 1)
-        per_candidate, per_candidate_cpu = naive_loop / n_naive, LAST_CPU / n_naive
-        for n in cfg.sizes:
-            if dtype == torch.float32 and n != largest:
-                continue
-            H, P, y = s["H"][:n], s["P"][:n], s["y"][:n]
-            for cached in (True, False) if n == largest else (True,):
-                def select():
-                    K = fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"], H, y,
-                                        P=P if cached else None)
-                    return int(torch.argmin(K))   # best support = most negative kernel
-                mem, _ = peak_extra_memory(select)   # first call: nothing cached by earlier repeats
-                fast, times, _ = timed(select, cfg.repeats)
-                fast_cpu = LAST_CPU
-                solve_only, _, _ = timed(lambda: fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"],
-                                                                 s["y_t"], H[:1], y[:1], P=P[:1]), cfg.repeats)
-                naive = naive_fixed + per_candidate * n
-                naive_cpu = naive_fixed_cpu + per_candidate_cpu * n
-                rows.append({
-                    "section": 1, "case": f"top_fisher fullnet-head N={n:.0e} {str(dtype)[6:]}"
-                                          + ("" if cached else " p on the fly"),
-                    "candidates": n, "dtype": str(dtype)[6:], "cached_probs": cached,
-                    "fast_s": fast, "fast_cpu_s": fast_cpu, "fast_times_s": times,
-                    "fast_fixed_s": solve_only, "candidates_per_s": n / fast,
-                    "naive_s": naive, "naive_fixed_s": naive_fixed, "naive_per_candidate_s": per_candidate,
-                    "naive_measured_on": n_naive, "naive_extrapolated": n > n_naive,
-                    "naive_cpu_s": naive_cpu, "speedup": naive / fast, "speedup_cpu": naive_cpu / fast_cpu,
-                    "speedup_scoring_only": (per_candidate * n / (fast - solve_only)
-                                             if fast - solve_only > 0.2 * fast else None),
-                    "peak_extra_bytes": mem, "feature_bytes": H.element_size() * H.numel(),
-                    "peak_over_features": None if mem is None else mem / (H.element_size() * H.numel()),
-                })
-        del s
-        gc.collect()
+        rows += _scaling_rows(cfg, dtype)
+        gc.collect()  # the synthetic features of one dtype are gone before the next are made
+    return rows
+
+
+def _scaling_rows(cfg: BenchConfig, dtype: torch.dtype) -> list[dict]:
+    rows = []
+    largest = max(cfg.sizes)
+    s = synthetic_top_layer(largest, cfg.hidden, cfg.n_classes, cfg.fim_known, seed=cfg.seed, dtype=dtype)
+    # the naive baseline: fixed part (autograd FIM + pinv + g_t) and per-candidate loop, timed once
+    n_naive = min(cfg.naive_max, largest)
+    naive_fixed, _, naive_fixed_cpu, v = timed(
+        lambda: naive_top_fisher_vector(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"]), 1)
+    naive_loop = timed(lambda: naive_top_kernel(s["weight"], s["bias"], v, s["H"][:n_naive],
+                                                s["y"][:n_naive]), 1)
+    per_candidate, per_candidate_cpu = naive_loop.wall / n_naive, naive_loop.cpu / n_naive
+    for n in cfg.sizes:
+        if dtype == torch.float32 and n != largest:
+            continue
+        H, P, y = s["H"][:n], s["P"][:n], s["y"][:n]
+        for cached in (True, False) if n == largest else (True,):
+            def select():
+                K = fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"], s["y_t"], H, y,
+                                    P=P if cached else None)
+                return int(torch.argmin(K))   # best support = most negative kernel
+            mem, _ = peak_extra_memory(select)   # first call: nothing cached by earlier repeats
+            fast, times, fast_cpu, _ = timed(select, cfg.repeats)
+            solve_only, *_ = timed(lambda: fast_top_fisher(s["weight"], s["bias"], s["H_known"], s["h_t"],
+                                                             s["y_t"], H[:1], y[:1], P=P[:1]), cfg.repeats)
+            naive = naive_fixed + per_candidate * n
+            naive_cpu = naive_fixed_cpu + per_candidate_cpu * n
+            rows.append({
+                "section": 1, "case": f"top_fisher fullnet-head N={n:.0e} {str(dtype)[6:]}"
+                                      + ("" if cached else " p on the fly"),
+                "candidates": n, "dtype": str(dtype)[6:], "cached_probs": cached,
+                "fast_s": fast, "fast_cpu_s": fast_cpu, "fast_times_s": times,
+                "fast_fixed_s": solve_only, "candidates_per_s": n / fast,
+                "naive_s": naive, "naive_fixed_s": naive_fixed, "naive_per_candidate_s": per_candidate,
+                "naive_measured_on": n_naive, "naive_extrapolated": n > n_naive,
+                "naive_cpu_s": naive_cpu, "speedup": naive / fast, "speedup_cpu": naive_cpu / fast_cpu,
+                "speedup_scoring_only": (per_candidate * n / (fast - solve_only)
+                                         if fast - solve_only > 0.2 * fast else None),
+                "peak_extra_bytes": mem, "feature_bytes": H.element_size() * H.numel(),
+                "peak_over_features": None if mem is None else mem / (H.element_size() * H.numel()),
+            })
     return rows
 
 
 def _trained_learner(dataset: str, model: str, n_known: int, seed: int, epochs: int):
-    from .data import load_dataset
-    from .learner import Learner
-    from .models import TrainConfig, build_model
-
     data = load_dataset(dataset, seed=seed)
     rng = np.random.default_rng(seed)
     known = rng.permutation(len(data.y_train))[:n_known]
     X = torch.as_tensor(data.X_train[known], dtype=torch.float64)
     y = torch.as_tensor(data.y_train[known], dtype=torch.long)
-    learner = Learner(build_model(model, data.X_train.shape[1:], data.n_classes, seed=seed),
-                      TrainConfig(epochs=epochs), seed=seed).fit(X, y)
-    return learner, X, y.numpy()
+    config = CleaningConfig(model=model, train=TrainConfig(epochs=epochs))
+    learner = config.new_learner(data.X_train.shape[1:], data.n_classes, seed=seed, dtype=torch.float64)
+    return learner.fit(X, y), X, y.numpy()
 
 
 def _context(learner, X, labels, rng):
     """A query as the loop would make it: the first known example the model gets wrong (else the first),
     candidates = the other known examples labelled with the model's prediction for it."""
-    from .select import SelectionContext, candidates_for
-
     pred = learner.predict_proba(X).argmax(1)
     wrong = np.flatnonzero(pred != labels)
     target = int(wrong[0]) if len(wrong) else 0
-    known = np.arange(len(X))
-    cands = candidates_for(labels, known, target, int(pred[target]))
-    return SelectionContext(learner, X, labels, known, target, cands, rng)
+    loop = CleaningLoop(learner, X, labels, np.arange(len(X)), inspect=INSPECTORS.create("always"),
+                        select=SELECTORS.create("none"), rng=rng)
+    return loop.context(target, int(pred[target]))
 
 
 def section_logreg_mnist(cfg: BenchConfig) -> list[dict]:
     """2. top_fisher on softmax regression over MNIST (7,850 top-layer parameters), FIM over all known."""
     learner, X, labels = _trained_learner("mnist", "logreg", cfg.fim_known, cfg.seed, cfg.train_epochs)
+    H, P = learner.features_and_probs(X)
     rows = []
     routes = [("pinv", 0.0, "auto"), ("damped 1e-3", 1e-3, "auto")]
     if cfg.mnist_pinv_eigh:
         routes.append(("pinv eigh-only", 0.0, "eigh"))
     for name, damping, factorization in routes:
         ctx = _context(learner, X, labels, np.random.default_rng(cfg.seed))
-
-        def select():
-            return _top_fisher_select(ctx, damping, factorization)
-        fast, times, (ranking, used) = timed(select, cfg.repeats if factorization == "auto" else 1)
+        select = SELECTORS.create("top_fisher", damping=damping, factorization=factorization)
+        fast, times, fast_cpu, _ = timed(lambda: select(ctx), cfg.repeats if factorization == "auto" else 1)
+        solver = FisherSolver(TopLayerFisher(H, P), damping=damping, factorization=factorization)  # its route
         rows.append({"section": 2, "case": f"top_fisher mnist/logreg {name}", "candidates": len(ctx.candidates),
-                     "fast_cpu_s": LAST_CPU,
+                     "fast_cpu_s": fast_cpu,
                      "fim_examples": len(ctx.known), "top_params": learner.model.head.weight.numel() + 10,
-                     "route": used, "fast_s": fast, "fast_times_s": times, "target_s": 0.1,
-                     "meets_target": fast <= 0.1})
+                     "route": f"{solver.method}/{solver.factorization}", "fast_s": fast, "fast_times_s": times,
+                     "target_s": 0.1, "meets_target": fast <= 0.1})
     return rows
-
-
-def _top_fisher_select(ctx, damping: float, factorization: str):
-    """top_fisher_ranking with an explicit factorization (returns the ranking and the route used)."""
-    from .select import Ranking
-
-    idx = np.concatenate([[ctx.target], ctx.candidates, ctx.known])
-    H, P = ctx.learner.features_and_probs(ctx.X[idx])
-    y = torch.as_tensor(ctx.labels[idx], dtype=torch.long)
-    n_cand = len(ctx.candidates)
-    solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping,
-                          factorization=factorization)
-    g_t = top_layer_scores(H[:1], P[:1], y[:1])[0]
-    V = solver.solve(g_t.reshape(-1)).reshape(g_t.shape)
-    head = ctx.learner.model.head
-    K = head_kernel(V, H[1:1 + n_cand], head.weight.detach(), head.bias.detach(), y[1:1 + n_cand])
-    return Ranking.from_scores(ctx.candidates, -K), f"{solver.method}/{solver.factorization}"
 
 
 def section_per_query(cfg: BenchConfig) -> list[dict]:
     """3. influence (LiSSA, paper settings) and practical_fisher per query vs per-candidate autograd."""
-    from .select import SELECTORS
-
     rows = []
     config = InfluenceConfig()
     for dataset in cfg.datasets:
@@ -411,17 +332,16 @@ def section_per_query(cfg: BenchConfig) -> list[dict]:
         for name, fast_fn, naive_fn in (
                 ("practical_fisher", SELECTORS["practical_fisher"](), naive_practical),
                 ("influence (LiSSA)", SELECTORS["influence"](config=config), naive_influence)):
-            fast, times, ranking = timed(lambda: fast_fn(ctx), cfg.repeats)
-            fast_cpu = LAST_CPU
-            naive, naive_times, naive_scores = timed(naive_fn, max(1, cfg.repeats // 2))
+            fast, times, fast_cpu, ranking = timed(lambda: fast_fn(ctx), cfg.repeats)
+            naive, naive_times, naive_cpu, naive_scores = timed(naive_fn, max(1, cfg.repeats // 2))
             order = np.argsort(-naive_scores.detach().numpy(), kind="stable")
             err = float(np.max(np.abs(np.sort(ranking.scores) - np.sort(naive_scores.detach().numpy())))
                         / max(1e-300, np.max(np.abs(ranking.scores))))
             rows.append({"section": 3, "case": f"{name} {dataset}/fullnet", "candidates": len(ctx.candidates),
                          "known": len(X), "params": sum(p.numel() for p in model.parameters()),
-                         "fast_s": fast, "fast_cpu_s": fast_cpu, "naive_cpu_s": LAST_CPU,
+                         "fast_s": fast, "fast_cpu_s": fast_cpu, "naive_cpu_s": naive_cpu,
                          "fast_times_s": times, "naive_s": naive, "naive_times_s": naive_times,
-                         "speedup": naive / fast, "speedup_cpu": LAST_CPU / fast_cpu,
+                         "speedup": naive / fast, "speedup_cpu": naive_cpu / fast_cpu,
                          "max_rel_diff": err,
                          "same_best": int(ranking.indices[0]) == int(ctx.candidates[order[0]])})
     return rows
@@ -429,14 +349,6 @@ def section_per_query(cfg: BenchConfig) -> list[dict]:
 
 def section_rounds(cfg: BenchConfig) -> list[dict]:
     """4. whole rounds (add, inspect, select, retrain, evaluate), paper mode vs fast (warm-start) mode."""
-    from .data import flip_labels, load_dataset
-    from .inspect import INSPECTORS
-    from .learner import Learner
-    from .loop import CleaningLoop, OracleAnnotator
-    from .metrics import test_metrics
-    from .models import TrainConfig, build_model
-    from .select import SELECTORS
-
     rows = []
     for dataset, model_name, mode, rounds in cfg.round_cases:
         data = load_dataset(dataset, seed=cfg.seed)
@@ -446,12 +358,11 @@ def section_rounds(cfg: BenchConfig) -> list[dict]:
         noisy = flip_labels(data.y_train, 0.2, data.n_classes, kind="random", rng=rng)
         order = rng.permutation(len(noisy))
         known, stream = order[:100], order[100:100 + rounds]
-        train = TrainConfig(epochs=cfg.train_epochs, warm_start=mode == "fast",
-                            warm_epochs=cfg.fast_epochs if mode == "fast" else None)
-        learner = Learner(build_model(model_name, data.X_train.shape[1:], data.n_classes, seed=cfg.seed),
-                          train, seed=cfg.seed)
-        loop = CleaningLoop(learner, X, noisy, known, inspect=INSPECTORS["always"](),
-                            select=SELECTORS["top_fisher"](), rng=rng)
+        train_config = TrainConfig(epochs=cfg.train_epochs, warm_start=mode == "fast",
+                                   warm_epochs=cfg.fast_epochs if mode == "fast" else None)
+        config = CleaningConfig(model=model_name, inspector="always", train=train_config)
+        learner = config.new_learner(data.X_train.shape[1:], data.n_classes, seed=cfg.seed, dtype=torch.float64)
+        loop = config.new_loop(learner, X, noisy, known, rng)
         oracle = OracleAnnotator(data.y_train)
         loop.retrain()   # the initial fit (100 epochs in both modes) is not part of a round
         parts: dict[str, list[float]] = {k: [] for k in ("observe", "apply", "retrain", "evaluate", "total")}
@@ -487,8 +398,6 @@ def section_q1(cfg: BenchConfig) -> list[dict]:
             return [{"section": 5, "case": "Q1 breast/fullnet top_fisher 5x100", "source": str(log),
                      "wall_s": _clock_seconds(wall.group(1)),
                      "peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None}]
-    from .simulate import RunConfig, run
-
     start = time.perf_counter()
     _, summary = run(RunConfig(dataset="breast", model="fullnet", selector="top_fisher"), progress=False)
     import resource
@@ -501,8 +410,6 @@ def section_q1(cfg: BenchConfig) -> list[dict]:
 def section_cnn_layout(cfg: BenchConfig) -> list[dict]:
     """6. the convnet in channels_last layout with 128-image evaluation chunks (what ``build_model`` and
     ``predict_proba`` do) against the default NCHW layout with 4,096-image chunks, on MNIST-shaped input."""
-    from .models import TrainConfig, build_model, predict_proba, train
-
     g = torch.Generator().manual_seed(cfg.seed)
     n_train, epochs = cfg.layout_train
     rows = []
@@ -510,20 +417,19 @@ def section_cnn_layout(cfg: BenchConfig) -> list[dict]:
         images = torch.rand(cfg.layout_images, 1, 28, 28, generator=g).to(dtype) - 0.5
         X, y = images[:n_train], torch.randint(10, (n_train,), generator=g)
         fast = build_model("convnet", (1, 28, 28), 10, seed=cfg.seed, dtype=dtype)
-        naive = build_model("convnet", (1, 28, 28), 10, seed=cfg.seed, dtype=dtype).to(
-            memory_format=torch.contiguous_format)
+        naive = build_model("convnet", (1, 28, 28), 10, seed=cfg.seed, dtype=dtype)
+        naive = naive.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         bits = torch.finfo(dtype).bits
         for what, run_fast, run_naive in (
                 (f"evaluate {cfg.layout_images} images", lambda: predict_proba(fast, images),
                  lambda: predict_proba(naive, images, chunk=4096)),
                 (f"train {epochs} epochs on {n_train}", lambda: train(fast, X, y, TrainConfig(epochs=epochs), seed=0),
                  lambda: train(naive, X, y, TrainConfig(epochs=epochs), seed=0))):
-            fast_s, _, _ = timed(run_fast, cfg.repeats)
-            fast_cpu = LAST_CPU
-            naive_s, _, _ = timed(run_naive, cfg.repeats)
+            fast_s, _, fast_cpu, _ = timed(run_fast, cfg.repeats)
+            naive_s, _, naive_cpu, _ = timed(run_naive, cfg.repeats)
             rows.append({"section": 6, "case": f"convnet float{bits} {what}", "fast_s": fast_s, "naive_s": naive_s,
-                         "fast_cpu_s": fast_cpu, "naive_cpu_s": LAST_CPU, "speedup": naive_s / fast_s,
-                         "speedup_cpu": LAST_CPU / fast_cpu})
+                         "fast_cpu_s": fast_cpu, "naive_cpu_s": naive_cpu, "speedup": naive_s / fast_s,
+                         "speedup_cpu": naive_cpu / fast_cpu})
         naive.load_state_dict(fast.state_dict())  # same weights, each in its own layout: the same function
         rows[-1]["max_rel_diff"] = float(np.abs(predict_proba(fast, images) - predict_proba(naive, images)).max())
     return rows
@@ -544,7 +450,7 @@ SECTIONS = {1: section_top_fisher_scaling, 2: section_logreg_mnist, 3: section_p
 def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict:
     """Every selected section, with the machine description and the configuration."""
     torch.manual_seed(cfg.seed)
-    result = {"machine": machine(), "config": asdict(cfg), "rows": []}
+    result: dict[str, Any] = {"machine": machine(), "config": asdict(cfg), "rows": []}
     start = time.perf_counter()
     for number in cfg.sections:
         if number == 5 and not cfg.q1:

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +14,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .data import Dataset, flip_labels, load_dataset
-from .errors import CincerError
-from .influence import InfluenceConfig
-from .inspect import INSPECTORS
-from .learner import Learner
-from .loop import CleaningLoop, OracleAnnotator
-from .metrics import precision_at_k, test_metrics
-from .models import MODELS, TrainConfig, build_model
-from .select import SELECTORS
+from .. import __version__
+from ..cleaning import CleaningConfig
+from ..config import at_least, in_interval, one_of, option, registered
+from ..data import DATASETS, NOISE_KINDS, Dataset, flip_labels, load_dataset
+from ..errors import CincerError
+from ..learners import Learner
+from ..loop import OracleAnnotator
+from ..metrics import precision_at_k, test_metrics
 
 PRECISION_KS = (5, 10, 25)
 NAN = float("nan")
@@ -34,61 +32,31 @@ NO_QUERY = {"query_index": -1, "margin": NAN, "counterexample": -1, "label_ok": 
 
 
 @dataclass
-class RunConfig:
+class SimulationConfig(CleaningConfig):
+    """A cleaning round simulated on a data set with injected label noise, over several repeats."""
+
+    dataset: str = option("breast", "data set (cincer data list)", check=registered(DATASETS))
+    noise: float = option(0.2, "fraction of training labels flipped", check=in_interval(0, 1, closed="[)"))
+    noise_kind: str = option("random", "random | pair", check=one_of(*NOISE_KINDS))
+    known: int = option(100, "initially known examples", check=at_least(1))
+    repeats: int = option(5, "repeats (each with its own noise, known set and stream)", check=at_least(1))
+    bits: int = option(64, "float precision of the models and data: 32 | 64", check=one_of(32, 64))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.bits == 64 else torch.float32
+
+
+@dataclass
+class RunConfig(SimulationConfig):
     """Every setting of a simulated run; the defaults are the paper's protocol (CINCER.md)."""
 
-    dataset: str = "breast"
-    model: str = "fullnet"
-    inspector: str = "margin"
-    threshold: float = 0.2
-    selector: str = "top_fisher"
-    noise: float = 0.2
-    noise_kind: str = "random"
-    known: int = 100
-    rounds: int = 100
-    repeats: int = 5
-    seed: int = 0
-    bits: int = 64
-    train: TrainConfig = field(default_factory=TrainConfig)
-    fim_samples: int | None = None
-    damping: float = 0.0
-    full_fisher_max_params: int = 20_000
-    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        d = dict(d)
-        d["train"] = TrainConfig(**d.get("train", {}))
-        d["influence"] = InfluenceConfig(**d.get("influence", {}))
-        return cls(**d)
-
-    def validate(self) -> None:
-        MODELS[self.model], SELECTORS[self.selector], INSPECTORS[self.inspector]  # unknown names raise
-        if not 0.0 <= self.noise < 1.0:
-            raise CincerError(f"--noise must be in [0, 1), got {self.noise}")
-        if self.inspector == "margin" and not 0.0 < self.threshold < 1.0:
-            raise CincerError(f"--threshold must be in (0, 1) for the margin inspector, got {self.threshold}")
-        for name in ("known", "repeats"):
-            if getattr(self, name) < 1:
-                raise CincerError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.rounds < 0:
-            raise CincerError(f"--rounds must be >= 0, got {self.rounds}")
-        if self.bits not in (32, 64):
-            raise CincerError(f"--bits must be 32 or 64, got {self.bits}")
-        if self.fim_samples is not None and self.fim_samples < 1:
-            raise CincerError(f"--fim-samples must be at least 1, got {self.fim_samples}")
-        if self.damping < 0:
-            raise CincerError(f"--damping must be >= 0, got {self.damping}")
+    rounds: int = option(100, "stream examples, one per round", check=at_least(0))
 
     def check_fits(self, data: Dataset) -> None:
         if self.known + self.rounds > len(data.y_train):
             raise CincerError(f"--known {self.known} + --rounds {self.rounds} exceeds the {len(data.y_train)} "
                               f"training examples of {data.name}")
-
-
-def selector_params(config: RunConfig) -> dict:
-    return {"fim_samples": config.fim_samples, "damping": config.damping,
-            "max_params": config.full_fisher_max_params, "config": config.influence}
 
 
 @dataclass
@@ -104,35 +72,17 @@ class Draw:
     stream: np.ndarray
 
 
-def draw_repeat(config, data: Dataset, repeat: int) -> Draw:
-    """Everything random in a repeat, from ``config.seed + repeat``. ``config`` needs ``seed``, ``bits``,
-    ``noise`` and ``noise_kind``; without ``known``/``rounds`` (e.g. the cleanlab comparison) only the
-    labels are drawn."""
+def draw_repeat(config: SimulationConfig, data: Dataset, repeat: int) -> Draw:
+    """Everything random in a repeat, from ``config.seed + repeat``: the noisy labels, then (when the
+    configuration has ``known`` or ``rounds``) the initial known set and the stream."""
     seed = config.seed + repeat
     rng = np.random.default_rng(seed)
-    dtype = torch.float64 if config.bits == 64 else torch.float32
+    dtype = config.dtype
     noisy = flip_labels(data.y_train, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
     known, rounds = getattr(config, "known", 0), getattr(config, "rounds", 0)
     order = rng.permutation(len(noisy)) if known or rounds else np.arange(len(noisy))
     return Draw(seed, rng, torch.as_tensor(data.X_train, dtype=dtype), torch.as_tensor(data.X_test, dtype=dtype),
                 noisy, order[:known], order[known:known + rounds])
-
-
-def resolve_device(name: str | None) -> torch.device | None:
-    """``None`` (the CPU) or a torch device that exists on this machine. On CUDA, TF32 is turned off
-    so that float32 stays float32, as on a CPU."""
-    if name is None:
-        return None
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CincerError(f"unknown device {name!r} (e.g. cpu, cuda, cuda:1)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CincerError(f"device {name!r}: this machine has no CUDA GPU that torch can use")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    return device
 
 
 def on_device(draw: Draw, device: str | torch.device | None) -> Draw:
@@ -142,10 +92,10 @@ def on_device(draw: Draw, device: str | torch.device | None) -> Draw:
     return dataclasses.replace(draw, X=draw.X.to(device), X_test=draw.X_test.to(device))
 
 
-def new_learner(config, data: Dataset, draw: Draw) -> Learner:
-    """A fresh model of ``config.model`` (same seed, same initial weights) and its trainer."""
-    model = build_model(config.model, data.X_train.shape[1:], data.n_classes, seed=draw.seed, dtype=draw.X.dtype)
-    return Learner(model.to(draw.X.device), config.train, seed=draw.seed)  # built on the CPU: same weights anywhere
+def new_learner(config: CleaningConfig, data: Dataset, draw: Draw) -> Learner:
+    """A fresh model of ``config.model`` for this repeat (same seed, same initial weights, any device)."""
+    return config.new_learner(data.X_train.shape[1:], data.n_classes, seed=draw.seed, dtype=draw.X.dtype,
+                              device=draw.X.device)
 
 
 def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None,
@@ -155,9 +105,7 @@ def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm 
     draw = on_device(draw_repeat(config, data, repeat), device)
     X, X_test, noisy, clean = draw.X, draw.X_test, draw.noisy, data.y_train
     learner = new_learner(config, data, draw)
-    loop = CleaningLoop(learner, X, noisy, draw.known,
-                        inspect=INSPECTORS[config.inspector](threshold=config.threshold),
-                        select=SELECTORS[config.selector](**selector_params(config)), rng=draw.rng)
+    loop = config.new_loop(learner, X, noisy, draw.known, draw.rng)
     oracle = OracleAnnotator(clean)
     start = time.perf_counter()
     loop.retrain()
