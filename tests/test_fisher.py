@@ -156,7 +156,14 @@ def test_per_class_scores_shape_and_probs():
 
 # --------------------------------------------------------------------------- fast paths added for speed
 
-from cincer.fisher import head_kernel, reduced_fisher_blocks, sqrt_fisher_blocks, sum_free_basis  # noqa: E402
+from cincer.fisher import (  # noqa: E402
+    class_blocks,
+    head_kernel,
+    kron_sum,
+    reduced_fisher_blocks,
+    sqrt_fisher_blocks,
+    sum_free_basis,
+)
 
 
 @pytest.mark.parametrize("n_classes", [2, 3, 10])
@@ -223,3 +230,21 @@ def test_head_kernel_computes_probabilities_on_the_fly():
     expected = top_layer_scores(H, P, y).reshape(40, -1) @ V.reshape(-1)
     torch.testing.assert_close(head_kernel(V, H, W, b, y, chunk=9), expected, atol=TOL, rtol=0)
     torch.testing.assert_close(top_layer_kernel(V, H, P, y, chunk=9), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_chunked_fim_equals_the_per_example_kronecker_sum(n_classes):
+    """The one-pass accumulation (any chunk size) equals mean_i A_i (x) h~_i h~_i^T built example by example."""
+    H, W, b, _ = random_top_layer(n_classes, n=37, hidden=5)
+    P = torch.softmax(H @ W.T + b, dim=1).detach()
+    Ht = torch.cat([H, torch.ones(len(H), 1, dtype=H.dtype)], dim=1)
+    brute = sum(torch.kron(torch.diag(p) - torch.outer(p, p), torch.outer(h, h)) for p, h in zip(P, Ht)) / len(H)
+    fisher = TopLayerFisher(H, P)
+    Q = fisher.Q
+    for max_bytes in (1, 500, 2**26):  # one row per chunk, a few rows, everything at once
+        torch.testing.assert_close(kron_sum(class_blocks, H, P, max_bytes=max_bytes), brute, atol=TOL, rtol=0)
+        sub = kron_sum(lambda P: Q.T @ class_blocks(P) @ Q, H, P, max_bytes=max_bytes)
+        eye = torch.eye(H.shape[1] + 1, dtype=H.dtype)
+        lift = (Q[:, None, :, None] * eye[None, :, None, :]).reshape(n_classes * len(eye), -1)  # Q (x) I
+        torch.testing.assert_close(lift @ sub @ lift.T, brute, atol=TOL, rtol=0)
+    torch.testing.assert_close(fisher.dense(), brute, atol=TOL, rtol=0)

@@ -173,3 +173,39 @@ def test_noise_flips_exact_fraction_to_other_classes():
             assert np.all(noisy[noisy != y] == (y[noisy != y] + 1) % 5)
     flipped_to = flip_labels(y, 0.9, 5, rng=rng)
     assert len(np.unique(flipped_to[flipped_to != y])) == 5  # uniform over the other classes
+
+
+def test_features_and_fim_are_cached_per_model_version(synthetic, monkeypatch):
+    """On a frozen model a query costs no forward pass and no new FIM; any change of model empties the cache,
+    and a cached ranking equals the uncached one."""
+    import cincer.select as select
+
+    config = quick_config(repeats=1)
+    X = torch.as_tensor(synthetic.X_train[:150])
+    noisy = flip_labels(synthetic.y_train[:150], 0.3, synthetic.n_classes, rng=np.random.default_rng(1))
+    learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype)
+    loop = config.new_loop(learner, X, noisy, range(150), np.random.default_rng(0))
+    loop.retrain()
+    rows, solvers = [], []
+    real_features, real_solver = learner.features_and_probs, select.FisherSolver
+    monkeypatch.setattr(learner, "features_and_probs", lambda X: rows.append(len(X)) or real_features(X))
+    monkeypatch.setattr(select, "FisherSolver", lambda *a, **kw: solvers.append(1) or real_solver(*a, **kw))
+
+    order = loop.audit_order()
+    assert len(order) >= 3
+    first = loop.query(int(order[0]))
+    assert rows == [1 + len(first.ranking) + 150] and len(solvers) == 1  # one forward pass, one FIM
+    for index in order[1:3]:
+        query = loop.query(int(index))
+        uncached = select.top_fisher_ranking(learner, X, loop.labels, int(index), query.ranking.indices,
+                                             np.arange(150))
+        np.testing.assert_array_equal(query.ranking.indices, uncached.indices)
+        np.testing.assert_allclose(query.ranking.scores, uncached.scores, rtol=1e-10)
+    assert len(rows) == 1 + 2 and len(solvers) == 1 + 2  # only the uncached reference computed anything
+
+    for change in (loop.retrain, lambda: learner.fit(X, noisy),
+                   lambda: setattr(loop, "learner", learner)):
+        rows.clear(), solvers.clear()
+        change()
+        loop.rank(first.index, first.prediction)
+        assert len(rows) == 1 and len(solvers) == 1, change

@@ -13,6 +13,8 @@ Top-layer vectors are stored as ``(C, H + 1)`` matrices ``[dW | db]`` (flattened
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Protocol, TypeGuard
 
 import torch
@@ -148,23 +150,32 @@ def _has_subspace(factor: FisherFactor) -> TypeGuard[SubspaceFisherFactor]:
 
 class TopLayerFisher:
     """The true FIM of the last linear layer, in factored (Kronecker-sum) form; nothing ``d x d`` is built
-    unless the dense route is the cheaper one.
+    unless the dense route is the cheaper one, and nothing per example beyond one chunk when it is.
 
     The factor uses ``C - 1`` columns per example (``L_i = Q R_i^T``, see :func:`reduced_fisher_blocks`),
     because ``1`` is in the null space of every class block; :meth:`project` / :meth:`lift` map to and
-    from the ``(C - 1)(H + 1)``-dimensional subspace that contains the whole range of ``F``.
+    from the ``(C - 1)(H + 1)``-dimensional subspace that contains the whole range of ``F``. The
+    per-example factors are only formed for the Gram route (few examples); the dense matrices are
+    accumulated chunk by chunk from ``H`` and ``P`` (:func:`kron_sum`).
     """
 
     def __init__(self, H: torch.Tensor, P: torch.Tensor) -> None:
-        self.Ht = augment(H)                 # (n, A)
-        self.n, self.A = self.Ht.shape
+        self.H, self.P = H, P
+        self.n, self.A = len(H), H.shape[1] + 1
         self.C = P.shape[1]
         self.Q = sum_free_basis(self.C, P.dtype).to(P.device)  # (C, C-1)
-        self.R = reduced_fisher_blocks(P, self.Q)              # (n, C-1, C-1)
-        self.L = self.Q @ self.R.transpose(1, 2)               # (n, C, C-1): L_i L_i^T = diag p_i - p_i p_i^T
         self.dim = self.C * self.A
         self.sub_dim = (self.C - 1) * self.A
         self.rank_bound = self.n * (self.C - 1)
+
+    @functools.cached_property
+    def Ht(self) -> torch.Tensor:
+        return augment(self.H)  # (n, A)
+
+    @functools.cached_property
+    def L(self) -> torch.Tensor:
+        """``(n, C, C-1)`` with ``L_i L_i^T = diag p_i - p_i p_i^T``."""
+        return self.Q @ reduced_fisher_blocks(self.P, self.Q).transpose(1, 2)
 
     def rmatvec(self, v: torch.Tensor) -> torch.Tensor:
         Z = torch.einsum("na,caq->ncq", self.Ht, v.reshape(self.C, self.A, -1))  # V h~_i
@@ -194,19 +205,46 @@ class TopLayerFisher:
         return out[:, 0] if w.dim() == 1 else out
 
     def dense_sub(self) -> torch.Tensor:
-        """``(Q^T (x) I) F (Q (x) I) = mean_i R_i^T R_i (x) h~_i h~_i^T``, ``(C-1)(H+1)`` square."""
-        return _kron_sum(self.R.transpose(1, 2) @ self.R, self.Ht)
+        """``(Q^T (x) I) F (Q (x) I) = mean_i Q^T A_i Q (x) h~_i h~_i^T``, ``(C-1)(H+1)`` square."""
+        Q = self.Q
+        return kron_sum(lambda P: Q.T @ class_blocks(P) @ Q, self.H, self.P)
 
     def dense(self) -> torch.Tensor:
-        return _kron_sum(self.L @ self.L.transpose(1, 2), self.Ht)
+        return kron_sum(class_blocks, self.H, self.P)
 
 
-def _kron_sum(blocks: torch.Tensor, Ht: torch.Tensor) -> torch.Tensor:
-    """``mean_i blocks_i (x) h~_i h~_i^T`` as a dense matrix (class-major, like the score vectors)."""
-    n, c, A = len(Ht), blocks.shape[1], Ht.shape[1]
-    outer = (Ht[:, :, None] * Ht[:, None, :]).reshape(n, -1)
-    F = (blocks.reshape(n, -1).T @ outer).reshape(c, c, A, A)
-    return F.permute(0, 2, 1, 3).reshape(c * A, c * A) / n
+def class_blocks(P: torch.Tensor) -> torch.Tensor:
+    """``A_i = diag p_i - p_i p_i^T`` for every row: the Fisher information of the logits."""
+    return torch.diag_embed(P) - P[:, :, None] * P[:, None, :]
+
+
+def kron_sum(blocks_of: Callable[[torch.Tensor], torch.Tensor], H: torch.Tensor, P: torch.Tensor, *,
+             max_bytes: int = 2**26) -> torch.Tensor:
+    """``mean_i B_i (x) h~_i h~_i^T`` as a dense ``cA x cA`` matrix (class-major, like the score vectors),
+    with ``B_i = blocks_of(P)[i]`` (``c x c``, symmetric) and ``h~_i = [h_i; 1]``.
+
+    One pass over the rows in chunks of at most ``max_bytes`` of intermediates: each chunk adds
+    ``W^T O`` where ``W`` holds the upper-triangular entries of its ``B_i`` and ``O`` those of its
+    ``h~_i h~_i^T`` (both symmetric, so a quarter of the products), and the result is mirrored once.
+    Memory is ``O(d^2)`` plus one chunk, whatever the number of rows.
+    """
+    n, A = len(H), H.shape[1] + 1
+    c = blocks_of(P[:1]).shape[1]
+    iu_c = torch.triu_indices(c, c, device=H.device)
+    iu_a = torch.triu_indices(A, A, device=H.device)
+    chunk = max(1, min(n, max_bytes // (H.element_size() * (iu_a.shape[1] + c * c + A))))
+    S = H.new_zeros(iu_c.shape[1], iu_a.shape[1])
+    for start in range(0, n, chunk):
+        Ht = augment(H[start:start + chunk])
+        B = blocks_of(P[start:start + chunk])
+        S.addmm_(B[:, iu_c[0], iu_c[1]].T, Ht[:, iu_a[0]] * Ht[:, iu_a[1]])
+    T = H.new_empty(iu_c.shape[1], A, A)
+    T[:, iu_a[0], iu_a[1]] = S
+    T[:, iu_a[1], iu_a[0]] = S
+    F = H.new_empty(c, c, A, A)
+    F[iu_c[0], iu_c[1]] = T
+    F[iu_c[1], iu_c[0]] = T
+    return F.permute(0, 2, 1, 3).reshape(c * A, c * A) / max(n, 1)
 
 
 class ExplicitFisher:

@@ -23,7 +23,7 @@ import torch
 from .errors import CincerError, ModelError, QueryError
 from .inspect import Inspector, as_inspector, audit_order, margin
 from .learners import Learner
-from .select import Ranking, SelectionContext, Selector, as_selector, candidates_for
+from .select import ModelCache, Ranking, SelectionContext, Selector, as_selector, candidates_for
 
 
 @dataclass
@@ -91,7 +91,8 @@ class CleaningLoop:
     def __init__(self, learner: Learner, X: torch.Tensor, labels: np.ndarray, known: list[int] | np.ndarray, *,
                  inspect: Inspector | Callable[..., Any], select: Selector | Callable[..., Ranking],
                  rng: np.random.Generator) -> None:
-        self.learner = learner
+        self._learner, self._model_epoch = learner, 0
+        self._cache = ModelCache()
         self._X, self._labels = X, np.array(labels, dtype=np.int64)  # a copy: the caller's labels stay as given
         self._n = len(self._labels)
         self.known = [int(i) for i in known]
@@ -101,6 +102,19 @@ class CleaningLoop:
                              "(use top_fisher with a scikit-learn model)")
 
     # ----------------------------------------------------------------- state
+    @property
+    def learner(self) -> Learner:
+        return self._learner
+
+    @learner.setter
+    def learner(self, learner: Learner) -> None:  # e.g. the app swapping in a model trained elsewhere
+        self._learner, self._model_epoch = learner, self._model_epoch + 1
+
+    @property
+    def model_version(self) -> tuple[int, int]:
+        """Changes whenever the model may have: a retrain here, a new learner, or a fit done elsewhere."""
+        return self._model_epoch, getattr(self._learner, "n_fits_", 0)
+
     @property
     def X(self) -> torch.Tensor:
         """The pool (every example, in D or not)."""
@@ -119,6 +133,7 @@ class CleaningLoop:
 
     def retrain(self) -> None:
         idx = np.asarray(self.known)
+        self._model_epoch += 1
         self.learner.fit(self.X[idx], self.labels[idx])
 
     # ----------------------------------------------------------------- examples in
@@ -157,7 +172,8 @@ class CleaningLoop:
         """What the selector sees for ``target``: candidates are the examples of D labelled ``prediction``."""
         known = np.asarray(self.known)
         return SelectionContext(self.learner, self.X, self.labels, known, int(target),
-                                candidates_for(self.labels, known, target, prediction), self.rng)
+                                candidates_for(self.labels, known, target, prediction), self.rng,
+                                cache=self._cache, version=self.model_version)
 
     def rank(self, target: int, prediction: int) -> Ranking:
         """The counter-examples of ``target``, best first (empty when no example carries ``prediction``)."""

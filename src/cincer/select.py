@@ -20,7 +20,8 @@ the practical Fisher ranking is 0.88 with this sign and 0.00 with the opposite o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +69,68 @@ class Ranking:
         return int(self.indices[0]) if len(self.indices) else None
 
 
+class ModelCache:
+    """What the selectors reuse while the model stays the same (one ``version``): the penultimate
+    features and softmax outputs of each pool example, computed once, and the factorised FIMs of the
+    example sets asked for. A new version (a retrain) empties it."""
+
+    def __init__(self, max_solvers: int = 4) -> None:
+        self.version: Hashable = None
+        self.max_solvers = max_solvers
+        self._H: torch.Tensor | None = None
+        self._P: torch.Tensor | None = None
+        self._have = np.zeros(0, dtype=bool)
+        self._solvers: dict[Hashable, FisherSolver] = {}
+
+    def _check(self, version: Hashable, n_pool: int) -> None:
+        if version != self.version:
+            self.version, self._H, self._P, self._solvers = version, None, None, {}
+            self._have = np.zeros(n_pool, dtype=bool)
+        elif len(self._have) < n_pool:  # the pool grew
+            self._have = np.concatenate([self._have, np.zeros(n_pool - len(self._have), dtype=bool)])
+
+    def features(self, learner: Learner, X: torch.Tensor, idx: np.ndarray,
+                 version: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
+        """``learner.features_and_probs(X[idx])``, each pool row computed once per version."""
+        self._check(version, len(X))
+        idx = np.asarray(idx, dtype=np.int64)
+        missing = idx[~self._have[idx]]
+        if len(missing):
+            # nothing cached for idx: the very batch an uncached call would compute (same numbers)
+            todo = idx if len(missing) == len(idx) else np.unique(missing)
+            H, P = learner.features_and_probs(X[todo])
+            if self._H is None or len(self._H) < len(X):
+                self._H, self._P = _grown(self._H, H, len(X)), _grown(self._P, P, len(X))
+            assert self._H is not None and self._P is not None
+            where = torch.as_tensor(todo, device=H.device)
+            self._H[where], self._P[where] = H, P
+            self._have[todo] = True
+        assert self._H is not None and self._P is not None
+        where = torch.as_tensor(idx, device=self._H.device)
+        return self._H[where], self._P[where]
+
+    def solver(self, version: Hashable, key: Hashable, build: Callable[[], FisherSolver]) -> FisherSolver:
+        """The factorised FIM under ``key`` (its example set and options), built once per version."""
+        if version != self.version:
+            self._check(version, len(self._have))
+        if key not in self._solvers:
+            if len(self._solvers) >= self.max_solvers:
+                self._solvers.pop(next(iter(self._solvers)))  # oldest first
+            self._solvers[key] = build()
+        return self._solvers[key]
+
+
+def _grown(old: torch.Tensor | None, like: torch.Tensor, n: int) -> torch.Tensor:
+    out = like.new_empty((n, *like.shape[1:]))
+    if old is not None:
+        out[:len(old)] = old
+    return out
+
+
 @dataclass
 class SelectionContext:
-    """What a selector may look at. ``X`` and ``labels`` cover the whole pool; ``known`` is D."""
+    """What a selector may look at. ``X`` and ``labels`` cover the whole pool; ``known`` is D. Features
+    and FIMs come through :meth:`features` and :meth:`fisher_solver`, cached per model version."""
 
     learner: Learner
     X: torch.Tensor
@@ -79,6 +139,8 @@ class SelectionContext:
     target: int
     candidates: np.ndarray
     rng: np.random.Generator
+    cache: ModelCache | None = None
+    version: Hashable = None
 
     @property
     def model(self) -> Any:
@@ -86,6 +148,23 @@ class SelectionContext:
 
     def label_tensor(self, idx: np.ndarray | list[int]) -> torch.Tensor:
         return torch.as_tensor(self.labels[np.asarray(idx)], dtype=torch.long, device=self.X.device)
+
+    def features(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Penultimate features and softmax outputs of pool examples ``idx``."""
+        if self.cache is None:
+            return self.learner.features_and_probs(self.X[idx])
+        return self.cache.features(self.learner, self.X, idx, self.version)
+
+    def fisher_solver(self, fim_examples: np.ndarray, *, damping: float = 0.0,
+                      factorization: str = "auto") -> FisherSolver:
+        """The factorised top-layer FIM over ``fim_examples``."""
+        def build() -> FisherSolver:
+            return FisherSolver(TopLayerFisher(*self.features(fim_examples)), damping=damping,
+                                factorization=factorization)
+        if self.cache is None:
+            return build()
+        key = (hashlib.sha1(np.ascontiguousarray(fim_examples, dtype=np.int64)).hexdigest(), damping, factorization)
+        return self.cache.solver(self.version, key, build)
 
 
 POLICIES = ("ask", "drop", "none")
@@ -145,12 +224,23 @@ def top_fisher_ranking(learner: Learner, X: torch.Tensor, labels: np.ndarray, ta
                        candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float = 0.0,
                        factorization: str = "auto") -> Ranking:
     """CINCER: rank candidates by ``-g_t^T F^{-1} g_k`` over the top layer, in closed form."""
-    idx = np.concatenate([[target], candidates, fim_examples])
-    H, P = learner.features_and_probs(X[idx])
-    y = torch.as_tensor(labels[idx], dtype=torch.long, device=H.device)
+    return _top_fisher(lambda idx: learner.features_and_probs(X[idx]), None, labels, target,
+                       np.asarray(candidates), np.asarray(fim_examples), damping=damping, factorization=factorization)
+
+
+def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+                solver_of: Callable[[np.ndarray], FisherSolver] | None, labels: np.ndarray, target: int,
+                candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float, factorization: str) -> Ranking:
+    """:func:`top_fisher_ranking` from a source of features and (when cached) of factorised FIMs."""
+    H, P = features(np.concatenate([[target], candidates, fim_examples]).astype(np.int64))
     n_cand = len(candidates)
-    solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping,
-                          factorization=factorization)
+    if solver_of is None:  # the FIM from the features just computed: one forward pass in all
+        solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping,
+                              factorization=factorization)
+    else:
+        solver = solver_of(fim_examples)
+    y = torch.as_tensor(labels[np.concatenate([[target], candidates]).astype(np.int64)], dtype=torch.long,
+                        device=H.device)
     g_t = top_layer_scores(H[:1], P[:1], y[:1])[0]
     V = solver.solve(g_t.reshape(-1)).reshape(g_t.shape)
     cand = slice(1, 1 + n_cand)
@@ -168,8 +258,10 @@ def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorizati
 
     def select(ctx: SelectionContext) -> Ranking:
         fim_examples = sample_indices(ctx.known, fim_samples, ctx.rng)
-        return top_fisher_ranking(ctx.learner, ctx.X, ctx.labels, ctx.target, ctx.candidates,
-                                  fim_examples, damping=damping, factorization=factorization)
+        solver_of = None if ctx.cache is None else (
+            lambda examples: ctx.fisher_solver(examples, damping=damping, factorization=factorization))
+        return _top_fisher(ctx.features, solver_of, ctx.labels, ctx.target, ctx.candidates, fim_examples,
+                           damping=damping, factorization=factorization)
     return Selector(select)
 
 
