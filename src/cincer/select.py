@@ -163,7 +163,8 @@ class SelectionContext:
                                 factorization=factorization)
         if self.cache is None:
             return build()
-        key = (hashlib.sha1(np.ascontiguousarray(fim_examples, dtype=np.int64)).hexdigest(), damping, factorization)
+        key = (hashlib.sha1(np.ascontiguousarray(fim_examples, dtype=np.int64).tobytes()).hexdigest(), damping,
+               factorization)
         return self.cache.solver(self.version, key, build)
 
 
