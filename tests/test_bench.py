@@ -91,7 +91,7 @@ def test_synthetic_top_layer_is_reproducible():
     torch.testing.assert_close(a["P"].sum(1), torch.ones(10, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("argv", [["--sections", "7"], ["--sections", "a"], ["--sizes", "0"], ["--repeats", "0"],
+@pytest.mark.parametrize("argv", [["--sections", "8"], ["--sections", "a"], ["--sizes", "0"], ["--repeats", "0"],
                                   ["--threads", "-1"]])
 def test_cli_bench_rejects_bad_input(argv, capsys):
     assert cli_main(["bench", "--quick", *argv]) == 2

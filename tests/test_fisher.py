@@ -157,6 +157,7 @@ def test_per_class_scores_shape_and_probs():
 # --------------------------------------------------------------------------- fast paths added for speed
 
 from cincer.fisher import (  # noqa: E402
+    KroneckerFisherSolver,
     class_blocks,
     head_kernel,
     kron_sum,
@@ -248,3 +249,27 @@ def test_chunked_fim_equals_the_per_example_kronecker_sum(n_classes):
         lift = (Q[:, None, :, None] * eye[None, :, None, :]).reshape(n_classes * len(eye), -1)  # Q (x) I
         torch.testing.assert_close(lift @ sub @ lift.T, brute, atol=TOL, rtol=0)
     torch.testing.assert_close(fisher.dense(), brute, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.2])
+def test_kronecker_solvers_are_exact_when_the_fim_is_a_kronecker_product(damping):
+    """With the same p for every example, F = A (x) mean h~h~^T exactly: K-FAC and EK-FAC solve it exactly."""
+    H, W, b, y = random_top_layer(4, n=20, hidden=3)
+    p = torch.softmax(torch.tensor([0.3, -1.0, 0.5, 0.0], dtype=torch.float64), 0)
+    P = p.expand(20, 4).clone()
+    F = TopLayerFisher(H, P).dense()
+    F_inv = (torch.linalg.pinv(F, rtol=1e-10, hermitian=True) if damping == 0
+             else torch.linalg.inv(F + damping * torch.eye(len(F), dtype=F.dtype)))
+    V = top_layer_scores(H, P, y).reshape(20, -1).T  # score vectors: in the range of F
+    for corrected in (True, False):
+        solver = KroneckerFisherSolver(H, P, damping=damping, eigenvalue_corrected=corrected)
+        torch.testing.assert_close(solver.solve(V), F_inv @ V, atol=1e-8, rtol=1e-8)
+
+
+def test_ekfac_scale_is_the_exact_diagonal_in_the_kronecker_eigenbasis():
+    H, W, b, _ = random_top_layer(3, n=25, hidden=4)
+    P = torch.softmax(H @ W.T + b, dim=1).detach()
+    solver = KroneckerFisherSolver(H, P, damping=1e-3)
+    U = torch.kron(solver.U_G.contiguous(), solver.U_S.contiguous())
+    exact_diag = torch.diagonal(U.T @ TopLayerFisher(H, P).dense() @ U).reshape(3, -1)
+    torch.testing.assert_close(1.0 / solver.inv_scale - 1e-3, exact_diag, atol=1e-10, rtol=1e-8)

@@ -125,7 +125,7 @@ def test_add_grows_the_pool_and_a_failed_transaction_leaves_nothing(synthetic):
     loop = config.new_loop(learner, X, synthetic.y_train[:40], range(40), np.random.default_rng(0))
     for i in range(40, 100):  # many adds: the pool's buffer grows geometrically
         assert loop.add(torch.as_tensor(synthetic.X_train[i]), int(synthetic.y_train[i])) == i
-    assert len(loop.X) == len(loop.labels) == 100 and loop.known == list(range(100))
+    assert len(loop.X) == len(loop.labels) == 100 and list(loop.known) == list(range(100))
     torch.testing.assert_close(loop.X, torch.as_tensor(synthetic.X_train[:100]))
     state = loop.rng.bit_generator.state
     with pytest.raises(RuntimeError, match="boom"), loop.transaction():
@@ -187,20 +187,21 @@ def test_features_and_fim_are_cached_per_model_version(synthetic, monkeypatch):
     loop = config.new_loop(learner, X, noisy, range(150), np.random.default_rng(0))
     loop.retrain()
     rows, solvers = [], []
-    real_features, real_solver = learner.features_and_probs, select.FisherSolver
+    real_features, real_solver = learner.features_and_probs, select.top_layer_solver
     monkeypatch.setattr(learner, "features_and_probs", lambda X: rows.append(len(X)) or real_features(X))
-    monkeypatch.setattr(select, "FisherSolver", lambda *a, **kw: solvers.append(1) or real_solver(*a, **kw))
+    monkeypatch.setattr(select, "top_layer_solver", lambda *a, **kw: solvers.append(1) or real_solver(*a, **kw))
 
     order = loop.audit_order()
-    assert len(order) >= 3
+    assert len(order) >= 3 and rows == [150]  # the audit's one forward pass over D ...
     first = loop.query(int(order[0]))
-    assert rows == [1 + len(first.ranking) + 150] and len(solvers) == 1  # one forward pass, one FIM
+    assert rows == [150] and len(solvers) == 1  # ... serves the queries; one FIM
     for index in order[1:3]:
         query = loop.query(int(index))
         uncached = select.top_fisher_ranking(learner, X, loop.labels, int(index), query.ranking.indices,
                                              np.arange(150))
         np.testing.assert_array_equal(query.ranking.indices, uncached.indices)
-        np.testing.assert_allclose(query.ranking.scores, uncached.scores, rtol=1e-10)
+        np.testing.assert_allclose(query.ranking.scores, uncached.scores, rtol=0,
+                                   atol=1e-8 * np.abs(uncached.scores).max())  # other batches: float noise
     assert len(rows) == 1 + 2 and len(solvers) == 1 + 2  # only the uncached reference computed anything
 
     for change in (loop.retrain, lambda: learner.fit(X, noisy),

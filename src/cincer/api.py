@@ -170,8 +170,7 @@ class Cleaner:
         self.history_: list[dict] = []
         self.n_queries_ = 0
         self._ids = itertools.count()
-        self.loop_.retrain()
-        self.stale_ = False
+        self._train()
         return self
 
     def _make_learner(self, n_classes: int) -> Learner:
@@ -236,9 +235,14 @@ class Cleaner:
     def refit(self) -> Cleaner:
         """Retrain on the current labels of every example in D (what ``retrain='defer'`` postpones)."""
         self._check_fitted()
+        self._train()
+        return self
+
+    def _train(self) -> None:
         self.loop_.retrain()
         self.stale_ = False
-        return self
+        if self.retrain != "sync":  # several queries will share this model: compute what they reuse now
+            self.loop_.prepare()
 
     # ----------------------------------------------------------------- stream
 

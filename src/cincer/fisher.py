@@ -219,31 +219,29 @@ def class_blocks(P: torch.Tensor) -> torch.Tensor:
 
 
 def kron_sum(blocks_of: Callable[[torch.Tensor], torch.Tensor], H: torch.Tensor, P: torch.Tensor, *,
-             max_bytes: int = 2**26) -> torch.Tensor:
+             max_bytes: int = 2**24) -> torch.Tensor:
     """``mean_i B_i (x) h~_i h~_i^T`` as a dense ``cA x cA`` matrix (class-major, like the score vectors),
     with ``B_i = blocks_of(P)[i]`` (``c x c``, symmetric) and ``h~_i = [h_i; 1]``.
 
-    One pass over the rows in chunks of at most ``max_bytes`` of intermediates: each chunk adds
-    ``W^T O`` where ``W`` holds the upper-triangular entries of its ``B_i`` and ``O`` those of its
-    ``h~_i h~_i^T`` (both symmetric, so a quarter of the products), and the result is mirrored once.
-    Memory is ``O(d^2)`` plus one chunk, whatever the number of rows.
+    One pass over the rows in chunks: each chunk adds ``H~^T [w_1 * H~, ..., w_m * H~]``, the
+    weighted Gram matrices ``H~^T diag(w) H~`` of the ``m = c(c+1)/2`` class pairs (``w`` = that entry
+    of the ``B_i``) in one matrix product; the other pairs are their mirror images. Memory is ``O(d^2)``
+    plus one chunk of at most ``max_bytes``, whatever the number of rows.
     """
     n, A = len(H), H.shape[1] + 1
     c = blocks_of(P[:1]).shape[1]
-    iu_c = torch.triu_indices(c, c, device=H.device)
-    iu_a = torch.triu_indices(A, A, device=H.device)
-    chunk = max(1, min(n, max_bytes // (H.element_size() * (iu_a.shape[1] + c * c + A))))
-    S = H.new_zeros(iu_c.shape[1], iu_a.shape[1])
+    upper = torch.triu_indices(c, c, device=H.device)
+    pairs = upper.shape[1]
+    chunk = max(1, min(n, max_bytes // (H.element_size() * pairs * A)))
+    S = H.new_zeros(A, pairs * A)
     for start in range(0, n, chunk):
         Ht = augment(H[start:start + chunk])
-        B = blocks_of(P[start:start + chunk])
-        S.addmm_(B[:, iu_c[0], iu_c[1]].T, Ht[:, iu_a[0]] * Ht[:, iu_a[1]])
-    T = H.new_empty(iu_c.shape[1], A, A)
-    T[:, iu_a[0], iu_a[1]] = S
-    T[:, iu_a[1], iu_a[0]] = S
+        W = blocks_of(P[start:start + chunk])[:, upper[0], upper[1]]
+        S.addmm_(Ht.T, (W[:, :, None] * Ht[:, None, :]).reshape(len(Ht), pairs * A))
+    T = S.reshape(A, pairs, A).transpose(0, 1)   # T[k] = sum_i w_ik h~_i h~_i^T
     F = H.new_empty(c, c, A, A)
-    F[iu_c[0], iu_c[1]] = T
-    F[iu_c[1], iu_c[0]] = T
+    F[upper[0], upper[1]] = T
+    F[upper[1], upper[0]] = T
     return F.permute(0, 2, 1, 3).reshape(c * A, c * A) / max(n, 1)
 
 
@@ -325,6 +323,83 @@ class FisherSolver:
     def factorization(self) -> str:
         """``"cholesky"`` or ``"eigh"``: what the inverse actually used."""
         return self._inv.kind
+
+
+class KroneckerFisherSolver:
+    """Applies the inverse of a Kronecker-factored approximation of the top-layer FIM, for heads too big
+    for the exact one: ``F ~ (U_G (x) U_S) diag(s) (U_G (x) U_S)^T`` with ``U_G``, ``U_S`` the eigenvectors
+    of ``G = mean_i A_i`` and ``S = mean_i h~_i h~_i^T``.
+
+    ``eigenvalue_corrected=True`` (EK-FAC, George et al. 2018) takes ``s`` as the exact diagonal of the
+    true FIM in that basis, ``s_ck = mean_i (U_G^T A_i U_G)_cc ((U_S^T h~_i)_k)^2``; ``False`` (K-FAC,
+    Martens & Grosse 2015) takes the products of the two factors' eigenvalues. Pseudo-inverse
+    (``damping == 0``: ``s`` below ``rtol * max s`` count as zero) or damped. Cost: one pass over the rows
+    with ``O(n A^2)`` work and ``O(A^2 + C^2)`` memory beyond a chunk; each solve is two small products.
+    """
+
+    def __init__(self, H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL,
+                 eigenvalue_corrected: bool = True, chunk: int = DEFAULT_CHUNK) -> None:
+        if damping < 0:
+            raise CincerError(f"damping must be >= 0, got {damping}")
+        n, C, A = len(H), P.shape[1], H.shape[1] + 1
+        work = torch.float64  # eigendecompositions in double precision whatever the model's dtype
+        G, S = P.new_zeros(C, C, dtype=work), H.new_zeros(A, A, dtype=work)
+        for start in range(0, n, chunk):
+            Pc, Ht = P[start:start + chunk].to(work), augment(H[start:start + chunk]).to(work)
+            G += class_blocks(Pc).sum(0)
+            S += Ht.T @ Ht
+        g_vals, self.U_G = torch.linalg.eigh(G / max(n, 1))
+        s_vals, self.U_S = torch.linalg.eigh(S / max(n, 1))
+        if eigenvalue_corrected:
+            scale = G.new_zeros(C, A)
+            U2 = self.U_G * self.U_G
+            for start in range(0, n, chunk):
+                Pc, Ht = P[start:start + chunk].to(work), augment(H[start:start + chunk]).to(work)
+                diag_G = Pc @ U2 - (Pc @ self.U_G) ** 2          # (U_G^T A_i U_G)_cc for every row
+                scale += diag_G.T @ (Ht @ self.U_S) ** 2
+            scale /= max(n, 1)
+        else:
+            scale = g_vals.clamp_min(0)[:, None] * s_vals.clamp_min(0)[None, :]
+        if damping > 0:
+            self.inv_scale = 1.0 / (scale + damping)
+        else:
+            keep = scale > rtol * scale.max()
+            self.inv_scale = torch.where(keep, 1.0 / torch.where(keep, scale, 1.0), 0.0)
+        self.C, self.A, self.dtype = C, A, H.dtype
+        self.method = "ekfac" if eigenvalue_corrected else "kfac"
+        self.factorization = "eigh"
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        """``F^{-1} v`` for ``v`` of shape ``(d,)`` or ``(d, q)`` (class-major, like the score vectors)."""
+        V = v.to(self.U_G.dtype).reshape(self.C, self.A, -1)
+        inner = torch.einsum("ck,caq,ab->kbq", self.U_G, V, self.U_S) * self.inv_scale[:, :, None]
+        out = torch.einsum("ck,kbq,ab->caq", self.U_G, inner, self.U_S).reshape(self.C * self.A, -1)
+        out = out.to(self.dtype)
+        return out[:, 0] if v.dim() == 1 else out
+
+
+CURVATURES = ("auto", "exact", "ekfac", "kfac")
+EXACT_FIM_BUDGET = 5e10  # multiply-adds; "auto" takes the exact FIM up to this (about 2 s on one core, float64)
+
+
+def top_layer_solver(H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, factorization: str = "auto",
+                     curvature: str = "auto") -> FisherSolver | KroneckerFisherSolver:
+    """The inverse of the top-layer FIM over the rows of ``(H, P)``: exact (:class:`FisherSolver`), or
+    EK-FAC / K-FAC (:class:`KroneckerFisherSolver`); ``"auto"`` is exact unless building it would take
+    more than :data:`EXACT_FIM_BUDGET` multiply-adds, then EK-FAC. ``.method`` says which was used."""
+    if curvature not in CURVATURES:
+        raise CincerError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
+    if curvature == "auto":
+        curvature = "exact" if exact_fim_cost(len(H), P.shape[1], H.shape[1] + 1) <= EXACT_FIM_BUDGET else "ekfac"
+    if curvature == "exact":
+        return FisherSolver(TopLayerFisher(H, P), damping=damping, factorization=factorization)
+    return KroneckerFisherSolver(H, P, damping=damping, eigenvalue_corrected=curvature == "ekfac")
+
+
+def exact_fim_cost(n: int, C: int, A: int) -> float:
+    """Multiply-adds to build the exact top-layer FIM: the dense route (:func:`kron_sum`) or the Gram one."""
+    dense, gram = n * C * (C - 1) / 2 * A * A, (n * (C - 1)) ** 2 * A
+    return min(dense, gram)
 
 
 class _Inverse:

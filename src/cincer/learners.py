@@ -90,9 +90,13 @@ class TorchLearner:
         return predict_proba(self.model, X)
 
     @torch.no_grad()
-    def features_and_probs(self, X: torch.Tensor, *, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    def features_and_probs(self, X: torch.Tensor, *, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        # chunks of a few hundred keep a CNN's activations in cache (60k MNIST images: 0.55 s vs 1.7 s at 8192);
+        # the results are written into preallocated tensors, so nothing of size n is held twice
         self.model.eval()
-        features, logits = [], []
+        dtype = self.feature_dtype or self.dtype
+        H = X.new_empty((len(X), self.head.in_features), dtype=dtype)
+        P = X.new_empty((len(X), self.head.out_features), dtype=dtype)
         seen: list[torch.Tensor] = []
         handle = self.head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
         try:
@@ -101,15 +105,11 @@ class TorchLearner:
                 out = self.model(X[i:i + chunk])
                 if len(seen) != 1:
                     raise ModelError(f"the head layer ran {len(seen)} times in one forward pass (expected once)")
-                features.append(seen[0].reshape(len(out), -1))
-                logits.append(out)
+                H[i:i + chunk] = seen[0].reshape(len(out), -1)
+                P[i:i + chunk] = torch.softmax(out.to(dtype), dim=1)
         finally:
             handle.remove()
-        H = torch.cat(features) if features else X.new_zeros(0, self.head.in_features)
-        Z = torch.cat(logits) if logits else X.new_zeros(0, self.head.out_features)
-        if self.feature_dtype is not None:
-            H, Z = H.to(self.feature_dtype), Z.to(self.feature_dtype)
-        return H, torch.softmax(Z, dim=1)
+        return H, P
 
     def check(self, X: torch.Tensor, n_classes: int) -> None:
         """The model's output must be its head's output (no layer after it) with one logit per class."""

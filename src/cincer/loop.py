@@ -95,7 +95,8 @@ class CleaningLoop:
         self._cache = ModelCache()
         self._X, self._labels = X, np.array(labels, dtype=np.int64)  # a copy: the caller's labels stay as given
         self._n = len(self._labels)
-        self.known = [int(i) for i in known]
+        self._known = np.array(known, dtype=np.int64).reshape(-1)  # D, in arrival order (grows geometrically)
+        self._n_known = len(self._known)
         self.inspect, self.select, self.rng = as_inspector(inspect), as_selector(select), rng
         if self.select.needs_gradients and not isinstance(getattr(learner, "model", None), torch.nn.Module):
             raise ModelError("this selector ranks by gradients over all the parameters and needs a PyTorch model "
@@ -116,6 +117,22 @@ class CleaningLoop:
         return self._model_epoch, getattr(self._learner, "n_fits_", 0)
 
     @property
+    def known(self) -> np.ndarray:
+        """D: the pool indices of the known examples, in arrival order (a copy: D changes through the loop)."""
+        return self._known[:self._n_known].copy()
+
+    def _admit(self, index: int) -> None:
+        if self._n_known == len(self._known):
+            self._known = np.concatenate([self._known, np.zeros(max(16, self._n_known), np.int64)])
+        self._known[self._n_known] = index
+        self._n_known += 1
+
+    @property
+    def fisher_method(self) -> str | None:
+        """How the last FIM of the current model was built: dense, gram (exact), ekfac or kfac."""
+        return self._cache.method if self._cache.version == self.model_version else None
+
+    @property
     def X(self) -> torch.Tensor:
         """The pool (every example, in D or not)."""
         return self._X[:self._n]
@@ -132,7 +149,7 @@ class CleaningLoop:
         return self.select.policy
 
     def retrain(self) -> None:
-        idx = np.asarray(self.known)
+        idx = self.known
         self._model_epoch += 1
         self.learner.fit(self.X[idx], self.labels[idx])
 
@@ -146,18 +163,20 @@ class CleaningLoop:
         self._X[self._n] = x
         self._labels[self._n] = label
         self._n += 1
-        self.known.append(self._n - 1)
+        self._admit(self._n - 1)
         return self._n - 1
 
     def observe(self, index: int) -> Query | None:
         """Pool example ``index`` arrives: add it to D; return a query if it looks suspicious, else ``None``."""
-        self.known.append(int(index))
+        self._admit(int(index))
         return self.query(index)
 
     # ----------------------------------------------------------------- the round
     def query(self, index: int, probs: np.ndarray | None = None) -> Query | None:
         """Inspect example ``index`` with the current model and labels (``probs``: its predicted
         probabilities, when already computed); if suspicious, rank its counter-examples."""
+        if probs is None:
+            probs = self._cache.probs(index, self.model_version)  # as the audit order saw it
         if probs is None:
             probs = self.learner.predict_proba(self.X[[index]])[0]
         label, prediction = int(self.labels[index]), int(np.argmax(probs))
@@ -170,7 +189,7 @@ class CleaningLoop:
 
     def context(self, target: int, prediction: int) -> SelectionContext:
         """What the selector sees for ``target``: candidates are the examples of D labelled ``prediction``."""
-        known = np.asarray(self.known)
+        known = self.known
         return SelectionContext(self.learner, self.X, self.labels, known, int(target),
                                 candidates_for(self.labels, known, target, prediction), self.rng,
                                 cache=self._cache, version=self.model_version)
@@ -182,11 +201,21 @@ class CleaningLoop:
 
     def audit_order(self) -> np.ndarray:
         """The examples of D the inspector flags, most suspicious first (the model and labels of now)."""
-        known = np.asarray(self.known, dtype=np.int64)
+        known = self.known
         if not len(known):
             return known
-        probs = self.learner.predict_proba(self.X[known])
-        return known[audit_order(self.inspect, probs, self.labels[known], self.rng)]
+        # one forward pass gives the probabilities and the features every query of this model reuses
+        _, probs = self._cache.features(self.learner, self.X, known, self.model_version)
+        return known[audit_order(self.inspect, probs.cpu().numpy(), self.labels[known], self.rng)]
+
+    def prepare(self) -> None:
+        """Compute ahead what every query of the current model reuses: the features and probabilities of
+        D, and what the selector prepares (the FIM over D for ``top_fisher``)."""
+        known = self.known
+        if len(known):
+            self._cache.features(self.learner, self.X, known, self.model_version)
+            if self.select.prepare is not None:
+                self.select.prepare(self.context(-1, -1))  # no target, no candidates
 
     # ----------------------------------------------------------------- labels out
     def apply(self, query: Query, answer: Answer) -> Update:
@@ -210,7 +239,7 @@ class CleaningLoop:
     def undo(self, update: Update) -> None:
         """Revert an applied update; refused if a later change touched the same examples."""
         moved = [i for i, (_, new) in update.relabelled.items() if self._labels[i] != new]
-        if moved or any(i in self.known for i in update.dropped):
+        if moved or np.isin(update.dropped, self.known).any():
             raise CincerError(f"cannot undo: example(s) {moved or update.dropped} changed since")
         self._write(update, forward=False)
 
@@ -219,20 +248,22 @@ class CleaningLoop:
             self._labels[index] = new if forward else old
         for index in update.dropped:
             if forward:
-                self.known.remove(index)
+                keep = self.known != index
+                self._n_known = int(keep.sum())
+                self._known[:self._n_known] = self._known[:len(keep)][keep]
             else:
-                self.known.append(index)
+                self._admit(index)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything inside happens, or nothing: on an exception the pool, labels, D and the random
         state are restored (the model is the caller's to restore)."""
-        n, labels, known = self._n, self._labels[:self._n].copy(), list(self.known)
+        n, labels, known = self._n, self._labels[:self._n].copy(), self.known.copy()
         rng_state = self.rng.bit_generator.state
         try:
             yield
         except BaseException:
-            self._n, self.known = n, known
+            self._n, self._known, self._n_known = n, known, len(known)
             self._labels[:n] = labels
             self.rng.bit_generator.state = rng_state
             raise

@@ -20,8 +20,9 @@ the practical Fisher ranking is 0.88 with this sign and 0.00 with the opposite o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +31,16 @@ import torch
 
 from .errors import CincerError
 from .fisher import (
+    CURVATURES,
     FisherSolver,
-    TopLayerFisher,
+    KroneckerFisherSolver,
     full_fisher,
     n_parameters,
     per_example_scores,
     scores_dot,
     top_layer_kernel,
     top_layer_scores,
+    top_layer_solver,
 )
 from .influence import InfluenceConfig, inverse_hvp
 from .learners import Learner
@@ -69,6 +72,11 @@ class Ranking:
         return int(self.indices[0]) if len(self.indices) else None
 
 
+Solver = FisherSolver | KroneckerFisherSolver
+SAME_BATCH_MAX = 4096  # requests up to this many rows are computed exactly as an uncached call would
+KERNEL_CHUNK = 65_536  # candidates scored per gather of their cached features
+
+
 class ModelCache:
     """What the selectors reuse while the model stays the same (one ``version``): the penultimate
     features and softmax outputs of each pool example, computed once, and the factorised FIMs of the
@@ -80,7 +88,8 @@ class ModelCache:
         self._H: torch.Tensor | None = None
         self._P: torch.Tensor | None = None
         self._have = np.zeros(0, dtype=bool)
-        self._solvers: dict[Hashable, FisherSolver] = {}
+        self._solvers: dict[Hashable, Solver] = {}
+        self.method: str | None = None  # how the last FIM was built (dense, gram, ekfac, kfac)
 
     def _check(self, version: Hashable, n_pool: int) -> None:
         if version != self.version:
@@ -89,27 +98,49 @@ class ModelCache:
         elif len(self._have) < n_pool:  # the pool grew
             self._have = np.concatenate([self._have, np.zeros(n_pool - len(self._have), dtype=bool)])
 
-    def features(self, learner: Learner, X: torch.Tensor, idx: np.ndarray,
-                 version: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
-        """``learner.features_and_probs(X[idx])``, each pool row computed once per version."""
+    def ensure(self, learner: Learner, X: torch.Tensor, idx: np.ndarray, version: Hashable) -> None:
+        """Compute the features of the rows of ``idx`` not cached yet, in one forward pass."""
         self._check(version, len(X))
         idx = np.asarray(idx, dtype=np.int64)
         missing = idx[~self._have[idx]]
-        if len(missing):
-            # nothing cached for idx: the very batch an uncached call would compute (same numbers)
-            todo = idx if len(missing) == len(idx) else np.unique(missing)
-            H, P = learner.features_and_probs(X[todo])
+        if not len(missing):
+            return
+        # a small request seen for the first time is computed as the very batch an uncached call would
+        # compute (the same numbers to the last bit); a large one row by row once, without duplicates
+        if len(missing) == len(idx) and len(idx) <= SAME_BATCH_MAX:
+            todo = idx
+        else:
+            need = np.zeros(len(X), dtype=bool)
+            need[missing] = True
+            todo = np.flatnonzero(need)
+        H, P = learner.features_and_probs(X[_rows(todo)])
+        if self._H is None and len(todo) == len(X) and np.array_equal(todo, np.arange(len(X))):
+            self._H, self._P = H, P  # the whole pool in order: keep the result, no copy
+        else:
             if self._H is None or len(self._H) < len(X):
                 self._H, self._P = _grown(self._H, H, len(X)), _grown(self._P, P, len(X))
             assert self._H is not None and self._P is not None
-            where = torch.as_tensor(todo, device=H.device)
+            where = _rows(todo, H.device)
             self._H[where], self._P[where] = H, P
-            self._have[todo] = True
-        assert self._H is not None and self._P is not None
-        where = torch.as_tensor(idx, device=self._H.device)
-        return self._H[where], self._P[where]
+        self._have[todo] = True
 
-    def solver(self, version: Hashable, key: Hashable, build: Callable[[], FisherSolver]) -> FisherSolver:
+    def features(self, learner: Learner, X: torch.Tensor, idx: np.ndarray,
+                 version: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
+        """``learner.features_and_probs(X[idx])``, each pool row computed once per version (a contiguous
+        range of rows comes back as a view of the cache, no copy)."""
+        self.ensure(learner, X, idx, version)
+        assert self._H is not None and self._P is not None
+        rows = _rows(np.asarray(idx, dtype=np.int64), self._H.device)
+        return self._H[rows], self._P[rows]
+
+    def probs(self, index: int, version: Hashable) -> np.ndarray | None:
+        """The cached softmax output of pool example ``index`` under ``version``, if there is one."""
+        if version != self.version or index >= len(self._have) or not self._have[index]:
+            return None
+        assert self._P is not None
+        return self._P[index].cpu().numpy()
+
+    def solver(self, version: Hashable, key: Hashable, build: Callable[[], Solver]) -> Solver:
         """The factorised FIM under ``key`` (its example set and options), built once per version."""
         if version != self.version:
             self._check(version, len(self._have))
@@ -117,7 +148,15 @@ class ModelCache:
             if len(self._solvers) >= self.max_solvers:
                 self._solvers.pop(next(iter(self._solvers)))  # oldest first
             self._solvers[key] = build()
+        self.method = self._solvers[key].method
         return self._solvers[key]
+
+
+def _rows(idx: np.ndarray, device: torch.device | None = None) -> slice | torch.Tensor:
+    """Index ``idx`` as a slice when it is a contiguous ascending range (indexing then makes a view)."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (len(idx) == 1 or bool(np.all(np.diff(idx) == 1))):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return torch.as_tensor(idx, device=device)
 
 
 def _grown(old: torch.Tensor | None, like: torch.Tensor, n: int) -> torch.Tensor:
@@ -155,16 +194,21 @@ class SelectionContext:
             return self.learner.features_and_probs(self.X[idx])
         return self.cache.features(self.learner, self.X, idx, self.version)
 
-    def fisher_solver(self, fim_examples: np.ndarray, *, damping: float = 0.0,
-                      factorization: str = "auto") -> FisherSolver:
-        """The factorised top-layer FIM over ``fim_examples``."""
-        def build() -> FisherSolver:
-            return FisherSolver(TopLayerFisher(*self.features(fim_examples)), damping=damping,
-                                factorization=factorization)
+    def prefetch(self, idx: np.ndarray) -> None:
+        """Compute (and cache) the features of the rows of ``idx`` this model has not seen, in one pass."""
+        if self.cache is not None:
+            self.cache.ensure(self.learner, self.X, idx, self.version)
+
+    def fisher_solver(self, fim_examples: np.ndarray, *, damping: float = 0.0, factorization: str = "auto",
+                      curvature: str = "auto") -> Solver:
+        """The factorised top-layer FIM over ``fim_examples`` (see :func:`cincer.fisher.top_layer_solver`)."""
+        def build() -> Solver:
+            return top_layer_solver(*self.features(fim_examples), damping=damping, factorization=factorization,
+                                    curvature=curvature)
         if self.cache is None:
             return build()
         key = (hashlib.sha1(np.ascontiguousarray(fim_examples, dtype=np.int64).tobytes()).hexdigest(), damping,
-               factorization)
+               factorization, curvature)
         return self.cache.solver(self.version, key, build)
 
 
@@ -173,12 +217,14 @@ POLICIES = ("ask", "drop", "none")
 
 @dataclass(frozen=True)
 class Selector:
-    """A counter-example ranking and what it declares: how its best candidate is used (``policy``) and
-    whether it needs all-parameter gradients, i.e. a PyTorch model (``needs_gradients``)."""
+    """A counter-example ranking and what it declares: how its best candidate is used (``policy``),
+    whether it needs all-parameter gradients, i.e. a PyTorch model (``needs_gradients``), and what it
+    can compute ahead of the first query of a model (``prepare``, e.g. the FIM over D)."""
 
     rank: Callable[[SelectionContext], Ranking]
     policy: str = "ask"
     needs_gradients: bool = False
+    prepare: Callable[[SelectionContext], None] | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -223,47 +269,67 @@ def check_fim_options(fim_samples: int | None, damping: float) -> None:
 
 def top_fisher_ranking(learner: Learner, X: torch.Tensor, labels: np.ndarray, target: int,
                        candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float = 0.0,
-                       factorization: str = "auto") -> Ranking:
+                       factorization: str = "auto", curvature: str = "auto") -> Ranking:
     """CINCER: rank candidates by ``-g_t^T F^{-1} g_k`` over the top layer, in closed form."""
     return _top_fisher(lambda idx: learner.features_and_probs(X[idx]), None, labels, target,
-                       np.asarray(candidates), np.asarray(fim_examples), damping=damping, factorization=factorization)
+                       np.asarray(candidates), np.asarray(fim_examples), damping=damping, factorization=factorization,
+                       curvature=curvature)
 
 
 def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
-                solver_of: Callable[[np.ndarray], FisherSolver] | None, labels: np.ndarray, target: int,
-                candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float, factorization: str) -> Ranking:
-    """:func:`top_fisher_ranking` from a source of features and (when cached) of factorised FIMs."""
-    H, P = features(np.concatenate([[target], candidates, fim_examples]).astype(np.int64))
+                solver_of: Callable[[np.ndarray], Solver] | None, labels: np.ndarray, target: int,
+                candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float, factorization: str,
+                curvature: str, prefetch: Callable[[np.ndarray], None] | None = None) -> Ranking:
+    """:func:`top_fisher_ranking` from a source of features and, when they are cached, of factorised FIMs
+    (then the candidates are scored a chunk of cached features at a time)."""
+    idx = np.concatenate([[target], candidates, fim_examples]).astype(np.int64)
     n_cand = len(candidates)
+    y = torch.as_tensor(labels[idx[:1 + n_cand]], dtype=torch.long)
     if solver_of is None:  # the FIM from the features just computed: one forward pass in all
-        solver = FisherSolver(TopLayerFisher(H[1 + n_cand:], P[1 + n_cand:]), damping=damping,
-                              factorization=factorization)
+        H, P = features(idx)
+        solver = top_layer_solver(H[1 + n_cand:], P[1 + n_cand:], damping=damping, factorization=factorization,
+                                  curvature=curvature)
+        y = y.to(H.device)
+        chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [(H[1:1 + n_cand], P[1:1 + n_cand], y[1:])]
     else:
+        if prefetch is not None:
+            prefetch(idx)  # whatever this model has not seen, in one forward pass
         solver = solver_of(fim_examples)
-    y = torch.as_tensor(labels[np.concatenate([[target], candidates]).astype(np.int64)], dtype=torch.long,
-                        device=H.device)
+        H, P = features(idx[:1])
+        y = y.to(H.device)
+        chunks = ((*features(candidates[s:s + KERNEL_CHUNK]), y[1 + s:1 + s + KERNEL_CHUNK])
+                  for s in range(0, n_cand, KERNEL_CHUNK))
     g_t = top_layer_scores(H[:1], P[:1], y[:1])[0]
     V = solver.solve(g_t.reshape(-1)).reshape(g_t.shape)
-    cand = slice(1, 1 + n_cand)
-    return Ranking.from_scores(candidates, -top_layer_kernel(V, H[cand], P[cand], y[cand]))
+    kernel = [top_layer_kernel(V, Hc, Pc, yc) for Hc, Pc, yc in chunks]
+    return Ranking.from_scores(candidates, -torch.cat(kernel) if kernel else H.new_zeros(0))
 
 
 @SELECTORS.register("top_fisher")
-def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto") -> Selector:
+def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto",
+               curvature: str = "auto") -> Selector:
     """Top-layer Fisher kernel. FIM over ``fim_samples`` random known examples (default: all of them;
     the paper used 30), pseudo-inverted (``damping == 0``, the paper) or damped; ``factorization="eigh"``
-    skips the Cholesky shortcut of the pseudo-inverse (see :class:`cincer.fisher.FisherSolver`)."""
+    skips the Cholesky shortcut of the pseudo-inverse (see :class:`cincer.fisher.FisherSolver`);
+    ``curvature``: the exact FIM, EK-FAC or K-FAC, or ``"auto"`` (exact unless too costly to build, see
+    :func:`cincer.fisher.top_layer_solver`)."""
     check_fim_options(fim_samples, damping)
     if factorization not in ("auto", "eigh"):
         raise CincerError(f"factorization must be auto or eigh, got {factorization!r}")
+    if curvature not in CURVATURES:
+        raise CincerError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
+    options: dict[str, Any] = {"damping": damping, "factorization": factorization, "curvature": curvature}
 
     def select(ctx: SelectionContext) -> Ranking:
         fim_examples = sample_indices(ctx.known, fim_samples, ctx.rng)
-        solver_of = None if ctx.cache is None else (
-            lambda examples: ctx.fisher_solver(examples, damping=damping, factorization=factorization))
+        solver_of = None if ctx.cache is None else (lambda examples: ctx.fisher_solver(examples, **options))
         return _top_fisher(ctx.features, solver_of, ctx.labels, ctx.target, ctx.candidates, fim_examples,
-                           damping=damping, factorization=factorization)
-    return Selector(select)
+                           prefetch=ctx.prefetch, **options)
+
+    def prepare(ctx: SelectionContext) -> None:
+        if fim_samples is None:  # the exact FIM over all of D serves every query of this model
+            ctx.fisher_solver(ctx.known, **options)
+    return Selector(select, prepare=prepare)
 
 
 def all_parameter_ranking(ctx: SelectionContext, apply_inverse: Callable[[torch.Tensor], torch.Tensor]) -> Ranking:
@@ -339,7 +405,7 @@ def no_counterexample() -> Selector:
 
 
 @SELECTORS.register("drop_ce")
-def drop_counterexample(fim_samples: int | None = None, damping: float = 0.0,
-                        factorization: str = "auto") -> Selector:
+def drop_counterexample(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto",
+                        curvature: str = "auto") -> Selector:
     """Query the suspicious example alone; if its label is right, drop CINCER's counter-example from D."""
-    return Selector(top_fisher(fim_samples, damping, factorization).rank, policy="drop")
+    return dataclasses.replace(top_fisher(fim_samples, damping, factorization, curvature), policy="drop")

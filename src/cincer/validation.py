@@ -53,13 +53,22 @@ def split_dataset(data: Any) -> tuple[np.ndarray, np.ndarray]:
 def encode_labels(y: Any, classes: np.ndarray, *, name: str = "y") -> np.ndarray:
     """Labels -> class indices; every label must be one of ``classes``."""
     y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-    if isinstance(y, np.ndarray) and y.ndim != 1:
+    if y.ndim != 1:
         raise InputError(f"{name} must be one label per example (1-D), got shape {y.shape}")
-    lookup = {c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)}
-    out = np.empty(len(y), dtype=np.int64)
-    for i, v in enumerate(y):
-        key = v.item() if hasattr(v, "item") else v
+    lookup = {_key(c): i for i, c in enumerate(classes)}
+    try:
+        values, inverse = np.unique(y, return_inverse=True)  # a dictionary lookup per distinct label only
+    except TypeError:  # labels of mixed types cannot be sorted: one lookup per label
+        values, inverse = y, np.arange(len(y))
+    codes = np.empty(len(values), dtype=np.int64)
+    for j, v in enumerate(values):
+        key = _key(v)
         if key not in lookup:
-            raise InputError(f"{name}[{i}] = {key!r} is not one of the declared classes {list(lookup)}")
-        out[i] = lookup[key]
-    return out
+            first = int(np.flatnonzero(inverse == j)[0])
+            raise InputError(f"{name}[{first}] = {key!r} is not one of the declared classes {list(lookup)}")
+        codes[j] = lookup[key]
+    return codes[inverse.reshape(-1)]
+
+
+def _key(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

@@ -34,6 +34,7 @@ from ..loop import CleaningLoop, OracleAnnotator
 from ..metrics import test_metrics
 from ..models import TrainConfig, build_model, predict_proba, train
 from ..select import SELECTORS
+from . import scale
 from .naive import (
     head_params,
     naive_dense_fim,
@@ -69,14 +70,15 @@ class BenchConfig:
     q1_log: str = "/tmp/breast_top_fisher.log"
     layout_images: int = 10_000     # section 6: MNIST-shaped images evaluated (the test set's size)
     layout_train: tuple[int, int] = (150, 10)   # section 6: images and epochs of the timed training
-    sections: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    sections: tuple[int, ...] = (1, 2, 3, 4, 5, 6)   # 7 (scale) runs only when asked for: minutes
+    scale_quick: bool = False       # section 7 at smoke-test sizes
 
     @classmethod
     def quick(cls, **kw) -> BenchConfig:
         base: dict[str, Any] = dict(
             sizes=(100, 10_000, 100_000), naive_max=200, repeats=3, mnist_pinv_eigh=False,
             round_cases=(("breast", "fullnet", "paper", 2), ("breast", "fullnet", "fast", 2)),
-            q1=False, layout_images=512, layout_train=(40, 1))
+            q1=False, layout_images=512, layout_train=(40, 1), scale_quick=True)
         base.update(kw)
         return cls(**base)
 
@@ -125,30 +127,17 @@ def timed(fn: Callable[[], Any], repeats: int) -> Timing:
     return Timing(statistics.median(times), times, statistics.median(cpu), result)
 
 
-def _rss_kib(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def peak_extra_memory(fn: Callable[[], object]) -> tuple[int | None, object]:
     """Bytes by which the resident set's high-water mark rose while ``fn`` ran (Linux; ``None`` elsewhere).
 
     torch tensors bypass ``tracemalloc``, so this resets the kernel's peak-RSS counter
     (``/proc/self/clear_refs``) and reads ``VmHWM`` after the call.
     """
-    gc.collect()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
+    if not scale.reset_peak():
         return None, fn()
-    before = _rss_kib("VmRSS")
+    before = scale.rss_kib("VmRSS")
     result = fn()
-    peak = _rss_kib("VmHWM")
+    peak = scale.rss_kib("VmHWM")
     if before is None or peak is None:
         return None, result
     return max(0, peak - before) * 1024, result
@@ -443,8 +432,13 @@ def _clock_seconds(text: str) -> float:
     return seconds
 
 
+def section_scale(cfg: BenchConfig) -> list[dict]:
+    """7. the product paths at a user's data size (see :mod:`cincer.experiments.scale`)."""
+    return scale.section_scale(scale.ScaleConfig.quick() if cfg.scale_quick else scale.ScaleConfig(seed=cfg.seed))
+
+
 SECTIONS = {1: section_top_fisher_scaling, 2: section_logreg_mnist, 3: section_per_query,
-            4: section_rounds, 5: section_q1, 6: section_cnn_layout}
+            4: section_rounds, 5: section_q1, 6: section_cnn_layout, 7: section_scale}
 
 
 def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict:
@@ -469,7 +463,7 @@ def format_table(result: dict) -> str:
     """One line per row: case, candidates, fast, naive, speed-up, extra columns."""
     lines = [f"{'#':<2} {'case':<44} {'cand.':>9} {'fast':>10} {'naive':>10} {'speedup':>9}  notes"]
     for r in result["rows"]:
-        fast = r.get("fast_s", r.get("median_s", r.get("wall_s")))
+        fast = r.get("fast_s", r.get("median_s", r.get("wall_s", r.get("first_s"))))
         naive = r.get("naive_s")
         notes = []
         if r.get("fast_cpu_s") is not None:
@@ -487,15 +481,45 @@ def format_table(result: dict) -> str:
         if "p95_s" in r:
             notes.append(f"p95 {_fmt_s(r['p95_s'])}, retrain {_fmt_s(r['retrain_median_s'])}, "
                          f"select {_fmt_s(r['observe_median_s'])}, {r['rounds']} rounds")
-        if "peak_rss_bytes" in r and r["peak_rss_bytes"]:
+        if "peak_rss_bytes" in r and r["peak_rss_bytes"] and r["section"] != 7:
             notes.append(f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
         if "max_rel_diff" in r:
             notes.append(f"max rel diff {r['max_rel_diff']:.1e}")
+        if r.get("section") == 7:
+            notes.append(_scale_notes(r))
         cand = r.get("candidates", "")
         lines.append(f"{r['section']:<2} {r['case']:<44} {cand!s:>9} {_fmt_s(fast):>10} "
                      f"{_fmt_s(naive) if naive is not None else '-':>10} "
                      f"{_fmt_x(r['speedup']) if 'speedup' in r else '-':>9}  {'; '.join(notes)}")
     return "\n".join(lines)
+
+
+def _scale_notes(r: dict) -> str:
+    """First question, later ones, what fit prepared, memory, against the case's targets."""
+    t, parts = r.get("targets", {}), []
+
+    def check(key: str, value: float | None) -> str:
+        if value is None or key not in t:
+            return ""
+        return " ok" if value <= t[key] else f" (target {_fmt_target(key, t[key])})"
+
+    parts.append(f"first {_fmt_s(r['first_s'])}{check('first_s', r['first_s'])}")
+    if "later_median_s" in r:
+        parts.append(f"later {_fmt_s(r['later_median_s'])}{check('later_median_s', r['later_median_s'])}")
+        parts.append(f"fit {_fmt_s(r['fit_s'])} (prepare {_fmt_s(r['prepare_s'])})")
+        parts.append(f"uncached query {_fmt_s(r['uncached_query_s'])}, FIM {r['fisher']}")
+    if r.get("peak_rss_bytes"):
+        parts.append(f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB{check('peak_rss_bytes', r['peak_rss_bytes'])}")
+    if r.get("extra_bytes") is not None:
+        ratio = r["extra_bytes"] / r["feature_bytes"]
+        parts.append(f"extra memory {ratio:.2f}x the features{check('extra_over_features', ratio)}")
+    return "; ".join(parts)
+
+
+def _fmt_target(key: str, value: float) -> str:
+    if key == "peak_rss_bytes":
+        return f"{value / 2**30:.1f} GB"
+    return f"{value:.1f}x" if "over" in key else _fmt_s(value)
 
 
 def _fmt_x(ratio: float) -> str:
