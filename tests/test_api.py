@@ -415,3 +415,17 @@ def test_misspelt_stage_parameters_are_refused(blobs):
         Cleaner(LogisticRegression(), inspector="always", threshold=0.3).fit(X, noisy)
     with pytest.raises(CincerError, match="fim_samples"):
         counterexamples(LogisticRegression().fit(X, noisy), X, noisy, X[0], noisy[0], fim_samples=0)
+
+
+def test_an_audit_never_shows_an_example_twice():
+    """An audit of real data in which the person confirms every label: no example comes back."""
+    from cincer import flip_labels, load_dataset
+
+    data = load_dataset("digits")
+    noisy = flip_labels(data.y_train, 0.1, 10, rng=np.random.default_rng(0))
+    cleaner = Cleaner(LogisticRegression(max_iter=300), retrain="defer")
+    shown = []
+    for q in cleaner.audit(data.X_train, noisy, budget=40):
+        shown += [q.index] + ([] if q.counterexample is None else [q.counterexample])
+        cleaner.answer(q, q.label, None if q.counterexample is None else cleaner.labels_[q.counterexample])
+    assert len(shown) > 40 and len(shown) == len(set(shown))

@@ -438,3 +438,31 @@ def test_loopback_detection():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+
+
+def test_checked_examples_are_not_shown_again_even_after_a_restart(project_dir):
+    shown = []
+
+    def confirm_some(session, n):
+        for _ in range(n):
+            q = session.current_query()
+            if q is None:
+                return
+            shown.extend(i for i in (q.suspicious, q.counter) if i is not None)
+            session.answer(q.id, action="confirm")
+
+    session = open_session(project_dir)
+    try:
+        confirm_some(session, 6)
+        skipped = session.current_query()
+        session.answer(skipped.id, action="skip")  # a skip checks nothing
+        assert skipped.suspicious not in set(session.loop.checked)
+    finally:
+        session.close()
+    again = open_session(project_dir)
+    try:
+        assert set(again.loop.checked) == set(shown)  # rebuilt from the store
+        confirm_some(again, 6)
+    finally:
+        again.close()
+    assert len(shown) > 12 and len(shown) == len(set(shown))

@@ -210,3 +210,30 @@ def test_features_and_fim_are_cached_per_model_version(synthetic, monkeypatch):
         change()
         loop.rank(first.index, first.prediction)
         assert len(rows) == 1 and len(solvers) == 1, change
+
+
+def test_a_checked_example_is_never_asked_about_or_shown_again(synthetic):
+    config = quick_config(repeats=1)
+    X = torch.as_tensor(synthetic.X_train[:200])
+    noisy = flip_labels(synthetic.y_train[:200], 0.3, synthetic.n_classes, rng=np.random.default_rng(2))
+    learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype).fit(X, noisy)
+    loop = config.new_loop(learner, X, noisy, range(200), np.random.default_rng(0), skip_checked=True)
+    order = loop.audit_order()
+    first = loop.query(int(order[0]))
+    shown = first.counterexample
+    # the person confirms the counter-example's label and fixes nothing: both are now checked
+    update = loop.apply(first, Answer(first.label, int(loop.labels[shown])))
+    assert sorted(update.checked) == sorted([first.index, shown]) and not update.relabelled
+    assert loop.query(first.index) is None
+    for index in order[1:]:
+        query = loop.query(int(index))
+        if query is not None and query.prediction == first.prediction:
+            assert shown not in query.ranking.indices  # the next best candidate instead
+            break
+    else:
+        pytest.fail("no later query with the same predicted class")
+    loop.undo(update)
+    assert len(loop.checked) == 0 and loop.query(first.index) is not None
+    # without skip_checked (the paper's protocol) nothing is skipped
+    paper = config.new_loop(learner, X, noisy, range(200), np.random.default_rng(0), checked=[first.index])
+    assert paper.query(first.index) is not None

@@ -165,7 +165,7 @@ class Cleaner:
         self.learner_ = learner
         self.rng_ = np.random.default_rng(self.seed)
         self.loop_ = CleaningLoop(learner, X_pool, labels, np.arange(len(labels)), inspect=inspect,
-                                  select=select, rng=self.rng_)
+                                  select=select, rng=self.rng_, skip_checked=True)
         self.pending_: dict[int, LabelQuery] = {}
         self.history_: list[dict] = []
         self.n_queries_ = 0

@@ -94,10 +94,11 @@ class CleaningConfig(Config):
         assert isinstance(learner, TorchLearner)
         return learner
 
-    def new_loop(self, learner: Any, X: torch.Tensor, labels: np.ndarray, known: Any,
-                 rng: np.random.Generator) -> CleaningLoop:
+    def new_loop(self, learner: Any, X: torch.Tensor, labels: np.ndarray, known: Any, rng: np.random.Generator,
+                 **options: Any) -> CleaningLoop:
+        """The loop of this round (``options``: ``skip_checked``, ``checked`` of :class:`CleaningLoop`)."""
         return CleaningLoop(learner, X, labels, known, inspect=self.make_inspector(), select=self.make_selector(),
-                            rng=rng)
+                            rng=rng, **options)
 
 
 def _params(registry: Any, name: str, options: dict[str, str], config: Config) -> dict:

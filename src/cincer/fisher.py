@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from .errors import CincerError
+from .progress import Progress
 
 DEFAULT_RTOL = 1e-10  # eigenvalues below rtol * largest are treated as zero by the pseudo-inverse
 DEFAULT_CHUNK = 8192
@@ -234,10 +235,12 @@ def kron_sum(blocks_of: Callable[[torch.Tensor], torch.Tensor], H: torch.Tensor,
     pairs = upper.shape[1]
     chunk = max(1, min(n, max_bytes // (H.element_size() * pairs * A)))
     S = H.new_zeros(A, pairs * A)
-    for start in range(0, n, chunk):
-        Ht = augment(H[start:start + chunk])
-        W = blocks_of(P[start:start + chunk])[:, upper[0], upper[1]]
-        S.addmm_(Ht.T, (W[:, :, None] * Ht[:, None, :]).reshape(len(Ht), pairs * A))
+    with Progress(n, "Fisher matrix", unit="rows") as progress:
+        for start in range(0, n, chunk):
+            Ht = augment(H[start:start + chunk])
+            W = blocks_of(P[start:start + chunk])[:, upper[0], upper[1]]
+            S.addmm_(Ht.T, (W[:, :, None] * Ht[:, None, :]).reshape(len(Ht), pairs * A))
+            progress.update(len(Ht))
     T = S.reshape(A, pairs, A).transpose(0, 1)   # T[k] = sum_i w_ik h~_i h~_i^T
     F = H.new_empty(c, c, A, A)
     F[upper[0], upper[1]] = T
@@ -344,10 +347,12 @@ class KroneckerFisherSolver:
         n, C, A = len(H), P.shape[1], H.shape[1] + 1
         work = torch.float64  # eigendecompositions in double precision whatever the model's dtype
         G, S = P.new_zeros(C, C, dtype=work), H.new_zeros(A, A, dtype=work)
+        progress = Progress(2 * n if eigenvalue_corrected else n, "Kronecker factors", unit="rows")
         for start in range(0, n, chunk):
             Pc, Ht = P[start:start + chunk].to(work), augment(H[start:start + chunk]).to(work)
             G += class_blocks(Pc).sum(0)
             S += Ht.T @ Ht
+            progress.update(len(Ht))
         g_vals, self.U_G = torch.linalg.eigh(G / max(n, 1))
         s_vals, self.U_S = torch.linalg.eigh(S / max(n, 1))
         if eigenvalue_corrected:
@@ -357,9 +362,11 @@ class KroneckerFisherSolver:
                 Pc, Ht = P[start:start + chunk].to(work), augment(H[start:start + chunk]).to(work)
                 diag_G = Pc @ U2 - (Pc @ self.U_G) ** 2          # (U_G^T A_i U_G)_cc for every row
                 scale += diag_G.T @ (Ht @ self.U_S) ** 2
+                progress.update(len(Ht))
             scale /= max(n, 1)
         else:
             scale = g_vals.clamp_min(0)[:, None] * s_vals.clamp_min(0)[None, :]
+        progress.close()
         if damping > 0:
             self.inv_scale = 1.0 / (scale + damping)
         else:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import InputError, ModelError
 from .models import TrainConfig, predict_proba, train
+from .progress import Progress
 
 
 @runtime_checkable
@@ -100,13 +101,15 @@ class TorchLearner:
         seen: list[torch.Tensor] = []
         handle = self.head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
         try:
-            for i in range(0, len(X), chunk):
-                seen.clear()
-                out = self.model(X[i:i + chunk])
-                if len(seen) != 1:
-                    raise ModelError(f"the head layer ran {len(seen)} times in one forward pass (expected once)")
-                H[i:i + chunk] = seen[0].reshape(len(out), -1)
-                P[i:i + chunk] = torch.softmax(out.to(dtype), dim=1)
+            with Progress(len(X), "features", unit="rows") as progress:
+                for i in range(0, len(X), chunk):
+                    seen.clear()
+                    out = self.model(X[i:i + chunk])
+                    if len(seen) != 1:
+                        raise ModelError(f"the head layer ran {len(seen)} times in one forward pass (expected once)")
+                    H[i:i + chunk] = seen[0].reshape(len(out), -1)
+                    P[i:i + chunk] = torch.softmax(out.to(dtype), dim=1)
+                    progress.update(len(out))
         finally:
             handle.remove()
         return H, P

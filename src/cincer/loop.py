@@ -83,18 +83,28 @@ class Update:
 
     relabelled: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> (old, new)
     dropped: list[int] = field(default_factory=list)
+    checked: list[int] = field(default_factory=list)  # examples a person has now checked (see CleaningLoop)
 
 
 class CleaningLoop:
-    """Holds the pool, the current labels and the known set D; runs CINCER's round."""
+    """Holds the pool, the current labels and the known set D; runs CINCER's round.
+
+    An example is *checked* once a person gave or confirmed its label (a non-``None`` label in an
+    :class:`Answer`). With ``skip_checked`` (what a person expects; the paper's simulations keep it
+    off) a checked example is never asked about again nor shown again as a counter-example: the next
+    best candidate is. ``checked`` restores that state (e.g. from the app's store).
+    """
 
     def __init__(self, learner: Learner, X: torch.Tensor, labels: np.ndarray, known: list[int] | np.ndarray, *,
                  inspect: Inspector | Callable[..., Any], select: Selector | Callable[..., Ranking],
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, skip_checked: bool = False, checked: Any = ()) -> None:
         self._learner, self._model_epoch = learner, 0
         self._cache = ModelCache()
         self._X, self._labels = X, np.array(labels, dtype=np.int64)  # a copy: the caller's labels stay as given
         self._n = len(self._labels)
+        self.skip_checked = skip_checked
+        self._checked = np.zeros(self._n, dtype=bool)
+        self._checked[np.asarray(list(checked), dtype=np.int64)] = True
         self._known = np.array(known, dtype=np.int64).reshape(-1)  # D, in arrival order (grows geometrically)
         self._n_known = len(self._known)
         self.inspect, self.select, self.rng = as_inspector(inspect), as_selector(select), rng
@@ -145,6 +155,11 @@ class CleaningLoop:
         return view
 
     @property
+    def checked(self) -> np.ndarray:
+        """Pool indices of the checked examples."""
+        return np.flatnonzero(self._checked[:self._n])
+
+    @property
     def policy(self) -> str:
         return self.select.policy
 
@@ -160,6 +175,7 @@ class CleaningLoop:
             capacity = max(16, 2 * self._n)
             self._X = torch.cat([self._X[:self._n], self._X.new_empty((capacity - self._n, *self._X.shape[1:]))])
             self._labels = np.concatenate([self._labels[:self._n], np.zeros(capacity - self._n, np.int64)])
+            self._checked = np.concatenate([self._checked[:self._n], np.zeros(capacity - self._n, bool)])
         self._X[self._n] = x
         self._labels[self._n] = label
         self._n += 1
@@ -175,6 +191,8 @@ class CleaningLoop:
     def query(self, index: int, probs: np.ndarray | None = None) -> Query | None:
         """Inspect example ``index`` with the current model and labels (``probs``: its predicted
         probabilities, when already computed); if suspicious, rank its counter-examples."""
+        if self.skip_checked and self._checked[index]:
+            return None
         if probs is None:
             probs = self._cache.probs(index, self.model_version)  # as the audit order saw it
         if probs is None:
@@ -190,8 +208,10 @@ class CleaningLoop:
     def context(self, target: int, prediction: int) -> SelectionContext:
         """What the selector sees for ``target``: candidates are the examples of D labelled ``prediction``."""
         known = self.known
-        return SelectionContext(self.learner, self.X, self.labels, known, int(target),
-                                candidates_for(self.labels, known, target, prediction), self.rng,
+        candidates = candidates_for(self.labels, known, target, prediction)
+        if self.skip_checked:
+            candidates = candidates[~self._checked[candidates]]
+        return SelectionContext(self.learner, self.X, self.labels, known, int(target), candidates, self.rng,
                                 cache=self._cache, version=self.model_version)
 
     def rank(self, target: int, prediction: int) -> Ranking:
@@ -233,6 +253,10 @@ class CleaningLoop:
                 update.relabelled[int(index)] = (int(self._labels[index]), int(new))
         if ce is not None and query.policy == "drop" and answer.suspicious_label in (None, query.label):
             update.dropped.append(ce)
+        for index, new in ((query.index, answer.suspicious_label),
+                           (ce if query.policy == "ask" else None, answer.counter_label)):
+            if index is not None and new is not None and not self._checked[index]:
+                update.checked.append(int(index))
         self._write(update, forward=True)
         return update
 
@@ -246,6 +270,7 @@ class CleaningLoop:
     def _write(self, update: Update, *, forward: bool) -> None:
         for index, (old, new) in update.relabelled.items():
             self._labels[index] = new if forward else old
+        self._checked[update.checked] = forward
         for index in update.dropped:
             if forward:
                 keep = self.known != index
@@ -258,12 +283,12 @@ class CleaningLoop:
     def transaction(self) -> Iterator[None]:
         """Everything inside happens, or nothing: on an exception the pool, labels, D and the random
         state are restored (the model is the caller's to restore)."""
-        n, labels, known = self._n, self._labels[:self._n].copy(), self.known.copy()
+        n, labels, known, checked = self._n, self._labels[:self._n].copy(), self.known, self._checked[:self._n].copy()
         rng_state = self.rng.bit_generator.state
         try:
             yield
         except BaseException:
             self._n, self._known, self._n_known = n, known, len(known)
-            self._labels[:n] = labels
+            self._labels[:n], self._checked[:n] = labels, checked
             self.rng.bit_generator.state = rng_state
             raise

@@ -63,7 +63,8 @@ class Session:
         self.X = torch.as_tensor(p.X, dtype=self.dtype)
         self.X_test = None if not p.has_holdout else torch.as_tensor(p.X_test, dtype=self.dtype)
         known = np.arange(p.n) if cfg.mode == "audit" else np.arange(p.n_known + self.cursor)
-        self.loop = cfg.new_loop(self._new_learner(), self.X, labels, known, np.random.default_rng(cfg.seed))
+        self.loop = cfg.new_loop(self._new_learner(), self.X, labels, known, np.random.default_rng(cfg.seed),
+                                 skip_checked=True, checked=self._checked_examples())
         self._fit_now()
         if cfg.mode == "audit" and self.store.get_meta("audit_order") is None:
             self.store.set_meta("audit_order", [int(i) for i in self.loop.audit_order()])
@@ -71,6 +72,11 @@ class Session:
             self._thread = threading.Thread(target=self._worker, name="cincer-retrain", daemon=True)
             self._thread.start()
         return self
+
+    def _checked_examples(self) -> set[int]:
+        """Examples whose label a person gave or confirmed (live decisions, not skips)."""
+        return {i for d in self.store.decisions(live_only=True) if d["action"] != "skip"
+                for i in (d["suspicious"], d["counter"]) if i is not None}
 
     def close(self) -> None:
         self._stop.set()
@@ -203,9 +209,16 @@ class Session:
             counter = query.counterexample if counter_index is None else counter_index
             if counter is None and counter_label is not None:
                 raise CincerError("this query has no counter-example to label")
-            if action != "label":  # confirm / skip: labels stay
-                suspicious_label, counter_label = None, None
-            update = self.loop.apply(query, Answer(suspicious_label, counter_label, counter_index))
+            current = self.loop.labels
+            if action == "skip":  # nothing checked, nothing changed
+                answer = Answer(None, None, counter_index)
+            else:  # label / confirm: the person has checked both examples shown
+                if action == "confirm":
+                    suspicious_label, counter_label = None, None
+                answer = Answer(int(current[stored.suspicious]) if suspicious_label is None else suspicious_label,
+                                None if counter is None else
+                                int(current[counter]) if counter_label is None else counter_label, counter_index)
+            update = self.loop.apply(query, answer)
             try:
                 decision = self.store.decide(query_id, who=(who or self.who)[:64], action=action,
                                              suspicious_new=int(self.loop.labels[stored.suspicious]),
@@ -232,6 +245,9 @@ class Session:
                 index, old, new = decision[role], decision[f"{role}_old"], decision[f"{role}_new"]
                 if index is not None and old != new:
                     update.relabelled[index] = (old, new)
+            checked_before = self._checked_examples()  # the store no longer counts the undone decision
+            update.checked = [i for i in (decision["suspicious"], decision["counter"])
+                              if i is not None and decision["action"] != "skip" and i not in checked_before]
             self.loop.undo(update)
         self.request_retrain()
         return decision, reopened

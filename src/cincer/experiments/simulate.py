@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..cleaning import CleaningConfig
@@ -22,6 +21,7 @@ from ..errors import CincerError
 from ..learners import Learner
 from ..loop import OracleAnnotator
 from ..metrics import precision_at_k, test_metrics
+from ..progress import Progress
 
 PRECISION_KS = (5, 10, 25)
 NAN = float("nan")
@@ -98,7 +98,7 @@ def new_learner(config: CleaningConfig, data: Dataset, draw: Draw) -> Learner:
                               device=draw.X.device)
 
 
-def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None,
+def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: Progress | None = None,
                device: str | torch.device | None = None) -> list[dict]:
     """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round.
     ``device`` (e.g. ``"cuda"``) is where the model trains and the pool lives; the draws do not depend on it."""
@@ -181,8 +181,8 @@ def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None
     config.check_fits(data)
     rows: list[dict] = []
     seconds = 0.0
-    with tqdm(total=config.repeats * config.rounds, disable=not progress, unit="round",
-              desc=f"{config.dataset}/{config.model}/{config.selector}") as bar:
+    with Progress(config.repeats * config.rounds, f"{config.dataset}/{config.model}/{config.selector}",
+                  unit="round", disable=not progress, delay=0) as bar:
         for repeat in range(config.repeats):
             saved = load_repeat(checkpoint, config, repeat) if checkpoint is not None else None
             if saved is None:
@@ -195,7 +195,7 @@ def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None
     return trace, summarize(trace, seconds=seconds)
 
 
-def compute_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: tqdm | None = None,
+def compute_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: Progress | None = None,
                    device: str | torch.device | None = None, checkpoint: Path | None = None) -> dict:
     """One repeat timed (``rows``, ``seconds``, ``device``), saved to ``checkpoint`` when given."""
     start = time.perf_counter()
