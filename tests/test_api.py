@@ -153,6 +153,22 @@ def test_sync_retrains_after_every_example_and_defer_never(blobs):
     assert deferred.learner_.n_fits_ == 1 and deferred.stale_
 
 
+def test_head_retraining_refits_the_last_layer_and_fully_every_few_answers(blobs):
+    X, clean, noisy, flipped = blobs
+    cleaner = Cleaner(mlp(), train_config=FAST, retrain="head", refit_every=3).fit(X, noisy)
+    head = cleaner.model_[2]
+    answered = 0
+    for query in cleaner.audit(budget=5):
+        before = head.weight.detach().clone()
+        oracle_answer(cleaner, query, clean)
+        answered += 1
+        assert cleaner.learner_.n_fits_ == 1 + answered // 3  # a full retrain at every third answer
+        assert answered % 3 == 0 or not torch.equal(head.weight, before)  # else only the head moved
+    assert answered >= 3
+    with pytest.raises(CincerError, match="refit_every"):
+        Cleaner(mlp(), retrain="head", refit_every=0).fit(X, noisy)
+
+
 def test_user_train_fn_is_used(blobs):
     X, clean, _, _ = blobs
     calls = []
@@ -429,3 +445,28 @@ def test_an_audit_never_shows_an_example_twice():
         shown += [q.index] + ([] if q.counterexample is None else [q.counterexample])
         cleaner.answer(q, q.label, None if q.counterexample is None else cleaner.labels_[q.counterexample])
     assert len(shown) > 40 and len(shown) == len(set(shown))
+
+
+@pytest.mark.slow
+def test_a_cross_fitted_audit_does_not_trust_a_memorising_model():
+    from cincer import flip_labels, load_dataset
+
+    data = load_dataset("digits")
+    X, y = data.X_train[:500], data.y_train[:500]
+    noisy = flip_labels(y, 0.2, 10, rng=np.random.default_rng(0))
+
+    def audit(cv):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).double()
+        cleaner = Cleaner(net, train_config=TrainConfig(epochs=100, lr=1e-2), retrain="defer")
+        return cleaner, list(cleaner.audit(X, noisy, budget=60, cv=cv))
+
+    _, plain = audit(None)
+    cleaner, folded = audit(4)
+    wrong = noisy != y
+    assert sum(wrong[q.index] for q in folded) > 1.5 * sum(wrong[q.index] for q in plain)
+    for q in folded:  # the counter-examples come from the fold model that never saw the example
+        (fold,) = [f for f in cleaner.folds_ if q.index not in set(f.known)]
+        assert set(q.counterexamples) <= set(fold.known)
+    with pytest.raises(CincerError, match="cv must be"):
+        next(cleaner.audit(budget=1, cv=1))

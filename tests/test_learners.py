@@ -71,3 +71,27 @@ def test_make_learner_wraps_each_model_kind_once():
         make_learner(object())
     with pytest.raises(ModelError, match="train_fn applies to PyTorch"):
         make_learner(LogisticRegression(), n_classes=2, train_fn=lambda *a: None)
+
+
+def test_a_head_refit_reaches_the_logistic_regression_optimum():
+    """fit_head is multinomial logistic regression on fixed features: the same optimum as scikit-learn's
+    unpenalised solver (a problem with overlapping classes, so the optimum is finite)."""
+    g = np.random.default_rng(0)
+    X = g.normal(size=(300, 6))
+    y = (X[:, 0] + X[:, 1] ** 2 + g.normal(size=300) > 1).astype(int) + (X[:, 2] > 0.5)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)).double()
+    learner = TorchLearner(model)
+    H, _ = learner.features_and_probs(torch.as_tensor(X))
+    before = loss_on(learner, H, y)
+    learner.fit_head(H, y, max_iter=500)
+    reference = LogisticRegression(C=np.inf, max_iter=5000, tol=1e-10).fit(H.numpy(), y)  # unpenalised
+    np.testing.assert_allclose(learner.head_probs(H).numpy(), reference.predict_proba(H.numpy()), atol=1e-4)
+    assert loss_on(learner, H, y) < before
+    # the body did not move: same features
+    torch.testing.assert_close(learner.features_and_probs(torch.as_tensor(X))[0], H)
+
+
+def loss_on(learner, H, y):
+    P = learner.head_probs(H).numpy()
+    return float(-np.mean(np.log(P[np.arange(len(y)), y])))

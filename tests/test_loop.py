@@ -237,3 +237,31 @@ def test_a_checked_example_is_never_asked_about_or_shown_again(synthetic):
     # without skip_checked (the paper's protocol) nothing is skipped
     paper = config.new_loop(learner, X, noisy, range(200), np.random.default_rng(0), checked=[first.index])
     assert paper.query(first.index) is not None
+
+
+def test_a_head_refit_keeps_the_features_and_the_curvature(synthetic, monkeypatch):
+    import cincer.select as select
+
+    config = quick_config(repeats=1)
+    X = torch.as_tensor(synthetic.X_train[:150])
+    noisy = flip_labels(synthetic.y_train[:150], 0.3, synthetic.n_classes, rng=np.random.default_rng(1))
+    learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype)
+    loop = config.new_loop(learner, X, noisy, range(150), np.random.default_rng(0))
+    loop.retrain()
+    loop.prepare()
+    first = loop.query(int(loop.audit_order()[0]))
+    loop.apply(first, Answer(int(synthetic.y_train[first.index])))
+    rows, solvers = [], []
+    real_features, real_solver = learner.features_and_probs, select.top_layer_solver
+    monkeypatch.setattr(learner, "features_and_probs", lambda X: rows.append(len(X)) or real_features(X))
+    monkeypatch.setattr(select, "top_layer_solver", lambda *a, **kw: solvers.append(1) or real_solver(*a, **kw))
+    head_before = learner.model.head.weight.detach().clone()
+    loop.retrain_head()
+    assert not torch.equal(learner.model.head.weight, head_before)  # the head learned the new label
+    order = loop.audit_order()
+    np.testing.assert_allclose(  # probabilities follow the new head
+        [loop.query(int(i)).probs for i in order[:3]], learner.predict_proba(X[order[:3]]), atol=1e-6)
+    assert rows == [] and solvers == []  # no forward pass, no new FIM
+    loop.retrain()
+    loop.query(int(order[0]))
+    assert rows and solvers  # a full retrain refreshes both

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import progress
 from .errors import CincerError, InputError, QueryError
-from .inspect import INSPECTORS
+from .inspect import INSPECTORS, audit_order
 from .learners import Learner, SklearnLearner, TorchLearner, make_learner
 from .loop import Answer, CleaningLoop, Query
 from .models import TrainConfig
@@ -33,6 +34,7 @@ from .select import SELECTORS, Ranking
 from .validation import as_features, encode_labels, one_row, split_dataset
 
 __all__ = ["Cleaner", "LabelQuery", "counterexamples"]
+RETRAIN = ("sync", "answer", "head", "defer")
 
 
 # --------------------------------------------------------------------------- queries
@@ -99,14 +101,18 @@ class Cleaner:
     selector, selector_params : counter-example selector (``SELECTORS`` name) and its parameters.
     k : number of counter-examples kept in a query.
     retrain : ``"sync"`` retrain after every observed example and every answer (the paper), ``"answer"``
-        only after answers, ``"defer"`` never by itself (call :meth:`refit`).
+        only after answers, ``"head"`` after each answer refit only the last layer on the cached features
+        (milliseconds; a full retrain every ``refit_every`` answers refreshes features and curvature),
+        ``"defer"`` never by itself (call :meth:`refit`).
+    refit_every : with ``retrain="head"``, the number of answers between full retrains.
     seed : seeds the training and the selector's random choices.
     """
 
     def __init__(self, model, *, classes: Sequence | None = None, head: str | None = None,
                  train_fn: Callable | None = None, train_config: TrainConfig | None = None,
                  inspector: str = "margin", threshold: float | None = None, selector: str = "top_fisher",
-                 selector_params: dict | None = None, k: int = 5, retrain: str = "sync", seed: int = 0) -> None:
+                 selector_params: dict | None = None, k: int = 5, retrain: str = "sync", refit_every: int = 20,
+                 seed: int = 0) -> None:
         self.model = model
         self.classes = classes
         self.head = head
@@ -118,10 +124,11 @@ class Cleaner:
         self.selector_params = selector_params
         self.k = k
         self.retrain = retrain
+        self.refit_every = refit_every
         self.seed = seed
 
     _PARAMS = ("model", "classes", "head", "train_fn", "train_config", "inspector", "threshold", "selector",
-               "selector_params", "k", "retrain", "seed")
+               "selector_params", "k", "retrain", "refit_every", "seed")
 
     def get_params(self, deep: bool = True) -> dict:
         """The constructor's parameters (scikit-learn convention)."""
@@ -138,8 +145,11 @@ class Cleaner:
 
     def fit(self, X: Any, y: Any = None) -> Cleaner:
         """Validate the data, fit the model on it; ``X`` may be an array, a DataFrame or a torch Dataset."""
-        if self.retrain not in ("sync", "answer", "defer"):
-            raise CincerError(f"retrain must be 'sync', 'answer' or 'defer', got {self.retrain!r}")
+        if self.retrain not in RETRAIN:
+            raise CincerError(f"retrain must be one of {', '.join(RETRAIN)}, got {self.retrain!r}")
+        if isinstance(self.refit_every, bool) or not isinstance(self.refit_every, (int, np.integer)) \
+                or self.refit_every < 1:
+            raise CincerError(f"refit_every must be a positive integer, got {self.refit_every!r}")
         if self.k < 1:
             raise CincerError(f"k must be at least 1, got {self.k}")
         X, y = self._validate_xy(X, y)
@@ -166,6 +176,7 @@ class Cleaner:
         self.rng_ = np.random.default_rng(self.seed)
         self.loop_ = CleaningLoop(learner, X_pool, labels, np.arange(len(labels)), inspect=inspect,
                                   select=select, rng=self.rng_, skip_checked=True)
+        self.folds_: list[CleaningLoop] = []
         self.pending_: dict[int, LabelQuery] = {}
         self.history_: list[dict] = []
         self.n_queries_ = 0
@@ -241,6 +252,7 @@ class Cleaner:
     def _train(self) -> None:
         self.loop_.retrain()
         self.stale_ = False
+        self._head_refits = 0
         if self.retrain != "sync":  # several queries will share this model: compute what they reuse now
             self.loop_.prepare()
 
@@ -253,6 +265,7 @@ class Cleaner:
         if x.shape[1:] != tuple(self.X_.shape[1:]):
             raise InputError(f"x has shape {x.shape[1:]}, the examples have shape {tuple(self.X_.shape[1:])}")
         label = encode_labels([y], self.classes_, name="y")[0]
+        self.folds_ = []  # a cross-fitted audit covers the examples it started with
         with self.loop_.transaction():  # e.g. a user selector failing leaves the cleaner as it was
             index = self.loop_.add(torch.as_tensor(x[0], dtype=self.X_.dtype), label)
             query = self.loop_.query(index)
@@ -293,12 +306,19 @@ class Cleaner:
             if query.counterexample is None:
                 raise QueryError(f"query {qid} has no counter-example to relabel")
             new_c = int(encode_labels([counter_label], self.classes_, name="counter_label")[0])
-        update = self.loop_.apply(query.raw, Answer(new_s, new_c))
+        answer = Answer(new_s, new_c)
+        update = self.loop_.apply(query.raw, answer)
+        for fold in self.folds_:  # the fold models of a cross-fitted audit see the same labels
+            fold.apply(query.raw, answer)
         del self.pending_[qid]
         changed = {i: (_show(self.classes_[a]), _show(self.classes_[b])) for i, (a, b) in update.relabelled.items()}
         self.history_.append({"query": qid, "index": query.index, "counterexample": query.counterexample,
                               "changed": changed, "dropped": list(update.dropped)})
-        self._maybe_retrain(self.retrain != "defer" if retrain is None else retrain)
+        if retrain is None and self.retrain == "head" and self._head_refits + 1 < self.refit_every:
+            self.loop_.retrain_head()
+            self._head_refits += 1
+        else:
+            self._maybe_retrain(self.retrain != "defer" if retrain is None else retrain)
         return changed
 
     def _maybe_retrain(self, now: bool) -> None:
@@ -309,7 +329,7 @@ class Cleaner:
 
     # ----------------------------------------------------------------- audit
 
-    def audit(self, X: Any = None, y: Any = None, *, budget: int) -> Iterator[LabelQuery]:
+    def audit(self, X: Any = None, y: Any = None, *, budget: int, cv: int | None = None) -> Iterator[LabelQuery]:
         """At most ``budget`` queries about the examples the inspector flags, most suspicious first.
 
         With ``X, y`` the cleaner is first fitted on them; without, the fitted pool is audited. The
@@ -318,22 +338,69 @@ class Cleaner:
         it is reached (with the model and labels current then), and skipped if the example is no longer
         suspicious (e.g. it was fixed as an earlier counter-example). Answer each with :meth:`answer`;
         ``retrain='defer'`` keeps one fit for the whole audit.
+
+        ``cv=K`` does not trust a model that memorised its training labels (the practice of confident
+        learning): K models are trained, each without one stratified fold; the order comes from each
+        example's out-of-fold probabilities, and its counter-examples from the fold model that did not
+        train on it (candidates: that model's training examples). The fold models are trained once, at
+        the start of the audit.
         """
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
             raise CincerError(f"budget must be a positive integer, got {budget!r}")
+        if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
+            raise CincerError(f"cv must be an integer of at least 2 (the number of folds), got {cv!r}")
         if X is not None:
             self.fit(X, y)
         elif y is not None:
             raise InputError("audit: labels given without X")
         self._check_fitted()
-        return self._audit(self.loop_.audit_order(), int(budget))
+        if cv is None:
+            self.folds_ = []
+            return self._audit(self.loop_.audit_order(), int(budget), lambda index: self.loop_, None)
+        fold_of, probs = self._cross_fit(int(cv))
+        known = self.loop_.known
+        order = known[audit_order(self.loop_.inspect, probs[known], self.loop_.labels[known], self.rng_)]
+        return self._audit(order, int(budget), lambda index: self.folds_[fold_of[index]], probs)
 
-    def _audit(self, order: np.ndarray, budget: int) -> Iterator[LabelQuery]:
+    def _cross_fit(self, cv: int) -> tuple[np.ndarray, np.ndarray]:
+        """Train the fold models (``folds_``); returns each example's fold and out-of-fold probabilities."""
+        from sklearn.model_selection import StratifiedKFold
+
+        known, labels = self.loop_.known, self.loop_.labels
+        counts = np.bincount(labels[known], minlength=len(self.classes_))
+        if counts[counts > 0].min() < cv:
+            raise InputError(f"cv={cv}: a class has only {counts[counts > 0].min()} examples, fewer than the folds")
+        fold_of = np.full(len(labels), -1)
+        probs = np.zeros((len(labels), len(self.classes_)))
+        self.folds_ = []
+        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=self.seed)
+        for k, (train, held) in enumerate(progress.track(splitter.split(known, labels[known]), total=cv,
+                                                         desc="cross-fitting", unit="fold")):
+            loop = CleaningLoop(self._fold_learner(k), self.X_, labels, known[train], inspect=self.loop_.inspect,
+                                select=self.loop_.select, rng=np.random.default_rng([self.seed, k]),
+                                skip_checked=True, checked=self.loop_.checked)
+            loop.retrain()
+            loop.prepare()
+            fold_of[known[held]] = k
+            probs[known[held]] = loop.learner.predict_proba(self.X_[known[held]])
+            self.folds_.append(loop)
+        return fold_of, probs
+
+    def _fold_learner(self, fold: int) -> Learner:
+        model = self.model
+        if isinstance(model, torch.nn.Module):  # a copy of the model as it was given, for each fold
+            model = copy.deepcopy(model)
+            model.load_state_dict(self._initial_state)
+        return make_learner(model, n_classes=len(self.classes_), config=self.train_config, train_fn=self.train_fn,
+                            head=self.head, seed=self.seed + 1000 * (fold + 1), feature_dtype=torch.float64)
+
+    def _audit(self, order: np.ndarray, budget: int, loop_of: Callable[[int], CleaningLoop],
+               probs: np.ndarray | None) -> Iterator[LabelQuery]:
         asked = 0
         for index in order:
             if asked >= budget:
                 return
-            query = self.loop_.query(int(index))
+            query = loop_of(int(index)).query(int(index), None if probs is None else probs[index])
             if query is None:
                 continue
             asked += 1

@@ -43,6 +43,14 @@ class Learner(Protocol):
         """Penultimate features ``h`` and softmax outputs ``p``: all the top-layer Fisher kernel needs."""
         ...
 
+    def fit_head(self, H: torch.Tensor, y: Any) -> Learner:
+        """Refit the last layer alone on penultimate features ``H`` (``retrain="head"``)."""
+        ...
+
+    def head_probs(self, H: torch.Tensor) -> torch.Tensor:
+        """Softmax outputs of the last layer on penultimate features ``H``."""
+        ...
+
 
 class TorchLearner:
     """A PyTorch classifier whose last linear layer ``head`` produces the logits.
@@ -114,6 +122,36 @@ class TorchLearner:
             handle.remove()
         return H, P
 
+    def fit_head(self, H: torch.Tensor, y: Any, *, max_iter: int = 5) -> TorchLearner:
+        """Refit only the last layer on fixed penultimate features ``H`` (a convex problem: multinomial
+        logistic regression), from its current weights by a few L-BFGS steps in the head's precision;
+        the body stays as it is. Loss and gradient in closed form: ``(P - Y)^T [H 1] / n``."""
+        W, b = (p.detach().clone() for p in (self.head.weight, self.head.bias))
+        Hd = H.detach().to(W.dtype)
+        labels = torch.as_tensor(y, dtype=torch.long, device=H.device)
+        rows = torch.arange(len(labels), device=H.device)
+        W.grad, b.grad = grad_W, grad_b = torch.zeros_like(W), torch.zeros_like(b)
+        optimizer = torch.optim.LBFGS([W, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            log_p = torch.log_softmax(torch.addmm(b, Hd, W.T), dim=1)
+            R = log_p.exp()
+            R[rows, labels] -= 1.0                              # P - Y
+            torch.mm(R.T, Hd, out=grad_W).div_(len(labels))
+            torch.mean(R, dim=0, out=grad_b)
+            return -log_p[rows, labels].mean()
+
+        with torch.no_grad():
+            optimizer.step(loss)
+            self.head.weight.copy_(W)
+            self.head.bias.copy_(b)
+        return self
+
+    def head_probs(self, H: torch.Tensor) -> torch.Tensor:
+        """Softmax outputs of the head on penultimate features ``H`` (in ``H``'s dtype)."""
+        with torch.no_grad():
+            return torch.softmax(torch.addmm(self.head.bias.to(H.dtype), H, self.head.weight.to(H.dtype).T), dim=1)
+
     def check(self, X: torch.Tensor, n_classes: int) -> None:
         """The model's output must be its head's output (no layer after it) with one logit per class."""
         model, head = self.model, self.head
@@ -180,6 +218,17 @@ class SklearnLearner:
     def features_and_probs(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.as_tensor(_flat_numpy(X), dtype=torch.float64),
                 torch.as_tensor(self.predict_proba(X), dtype=torch.float64))
+
+    def fit_head(self, H: torch.Tensor, y: Any) -> SklearnLearner:
+        """The whole model is the head: refit it on ``H`` (= X), from its current coefficients."""
+        y = np.asarray(y, dtype=np.int64)
+        if len(np.unique(y)) < 2:
+            raise InputError("LogisticRegression needs examples of at least two classes to fit")
+        self.model.set_params(warm_start=True).fit(_flat_numpy(H), y)
+        return self
+
+    def head_probs(self, H: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.predict_proba(H), dtype=H.dtype)
 
     def top_layer(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W, b)`` of the softmax layer equivalent to the fitted model, ``W`` of shape ``(C, d)``."""

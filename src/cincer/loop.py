@@ -98,7 +98,7 @@ class CleaningLoop:
     def __init__(self, learner: Learner, X: torch.Tensor, labels: np.ndarray, known: list[int] | np.ndarray, *,
                  inspect: Inspector | Callable[..., Any], select: Selector | Callable[..., Ranking],
                  rng: np.random.Generator, skip_checked: bool = False, checked: Any = ()) -> None:
-        self._learner, self._model_epoch = learner, 0
+        self._learner, self._model_epoch, self._head_fits = learner, 0, 0
         self._cache = ModelCache()
         self._X, self._labels = X, np.array(labels, dtype=np.int64)  # a copy: the caller's labels stay as given
         self._n = len(self._labels)
@@ -122,9 +122,10 @@ class CleaningLoop:
         self._learner, self._model_epoch = learner, self._model_epoch + 1
 
     @property
-    def model_version(self) -> tuple[int, int]:
-        """Changes whenever the model may have: a retrain here, a new learner, or a fit done elsewhere."""
-        return self._model_epoch, getattr(self._learner, "n_fits_", 0)
+    def model_version(self) -> tuple[int, int, int]:
+        """Changes whenever the model may have: a retrain here, a new learner, a fit done elsewhere, or a
+        refit of the last layer alone."""
+        return self._model_epoch, getattr(self._learner, "n_fits_", 0), self._head_fits
 
     @property
     def known(self) -> np.ndarray:
@@ -167,6 +168,16 @@ class CleaningLoop:
         idx = self.known
         self._model_epoch += 1
         self.learner.fit(self.X[idx], self.labels[idx])
+
+    def retrain_head(self) -> None:
+        """Refit only the last layer on the cached features of D with the current labels (the learner's
+        ``fit_head``): milliseconds where a full retrain takes seconds. The features and the FIM of the
+        last full fit are kept, the probabilities recomputed; :meth:`retrain` refreshes everything."""
+        idx = self.known
+        H, _ = self._cache.features(self.learner, self.X, idx, self.model_version)
+        self.learner.fit_head(H, self.labels[idx])
+        self._head_fits += 1
+        self._cache.refresh_probs(self.learner.head_probs, self.model_version)
 
     # ----------------------------------------------------------------- examples in
     def add(self, x: torch.Tensor, label: int) -> int:

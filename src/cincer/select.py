@@ -133,6 +133,15 @@ class ModelCache:
         rows = _rows(np.asarray(idx, dtype=np.int64), self._H.device)
         return self._H[rows], self._P[rows]
 
+    def refresh_probs(self, head_probs: Callable[[torch.Tensor], torch.Tensor], version: Hashable) -> None:
+        """After a refit of the last layer alone: the features stay, the probabilities are recomputed from
+        them, and the cache moves to ``version``. The FIMs stay too: the curvature of the last full fit."""
+        if self._H is not None:
+            have = torch.as_tensor(np.flatnonzero(self._have), device=self._H.device)
+            assert self._P is not None
+            self._P[have] = head_probs(self._H[have]).to(self._P.dtype)
+        self.version = version
+
     def probs(self, index: int, version: Hashable) -> np.ndarray | None:
         """The cached softmax output of pool example ``index`` under ``version``, if there is one."""
         if version != self.version or index >= len(self._have) or not self._have[index]:

@@ -52,6 +52,10 @@ class RunConfig(SimulationConfig):
     """Every setting of a simulated run; the defaults are the paper's protocol (CINCER.md)."""
 
     rounds: int = option(100, "stream examples, one per round", check=at_least(0))
+    retrain: str = option("full", "after each round: full (retrain the model, the paper) or head (refit only the "
+                          "last layer on cached features; a full retrain every --full-every rounds)",
+                          check=one_of("full", "head"))
+    full_every: int = option(10, "with --retrain head: rounds between full retrains", check=at_least(1))
 
     def check_fits(self, data: Dataset) -> None:
         if self.known + self.rounds > len(data.y_train):
@@ -130,7 +134,10 @@ def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: Progr
             totals["dropped"] += len(update.dropped)
             totals["dropped_noisy"] += sum(int(loop.labels[i] != clean[i]) for i in update.dropped)
         fit_start = time.perf_counter()
-        loop.retrain()
+        if config.retrain == "head" and t % config.full_every:
+            loop.retrain_head()
+        else:
+            loop.retrain()
         extra["train_seconds"] = time.perf_counter() - fit_start
         rows.append(_row(repeat, t, loop, clean, learner, X_test, data.y_test, totals, extra, start))
         if progress is not None:
