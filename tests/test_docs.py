@@ -41,3 +41,5 @@ def test_guide_code_runs(tmp_path, monkeypatch, capsys):
     assert fixed and int(fixed.group(1)) >= 40, out  # the ten-line Fashion-MNIST script cleans labels
     assert "ModelError:" in out and "QueryError: query" in out and "already answered" in out
     assert (tmp_path / "patients.csv").exists()
+    large = re.search(r"large data: fixed (\d+) labels with 30 questions; Fisher matrix: (\w+)", out)
+    assert large and int(large.group(1)) >= 20 and large.group(2) in ("dense", "gram"), out

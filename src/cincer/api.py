@@ -230,6 +230,14 @@ class Cleaner:
         return self.classes_[self.loop_.labels]
 
     @property
+    def fisher_method_(self) -> str | None:
+        """How the FIM of the current model was built: ``dense`` or ``gram`` (exact), ``ekfac`` or ``kfac``
+        (a Kronecker-factored approximation, chosen when the exact one is too costly; see
+        :func:`cincer.fisher.top_layer_solver`), ``None`` before the first one."""
+        self._check_fitted()
+        return self.loop_.fisher_method
+
+    @property
     def model_(self) -> Any:
         """The fitted model (the wrapped torch module, or the last fitted scikit-learn estimator)."""
         self._check_fitted()

@@ -404,8 +404,12 @@ def top_layer_solver(H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, 
 
 
 def exact_fim_cost(n: int, C: int, A: int) -> float:
-    """Multiply-adds to build the exact top-layer FIM: the dense route (:func:`kron_sum`) or the Gram one."""
-    dense, gram = n * C * (C - 1) / 2 * A * A, (n * (C - 1)) ** 2 * A
+    """Multiply-adds to build and factorise the exact top-layer FIM, by the cheaper of its two routes: the
+    dense one (:func:`kron_sum`, then a ``d x d`` factorisation) or the Gram one (``m x m``, ``m = n(C-1)``).
+    A singular matrix needs an eigendecomposition, about ``1.5 d^3`` on this scale."""
+    d, m = (C - 1) * A, n * (C - 1)
+    dense = n * C * (C - 1) / 2 * A * A + 1.5 * d**3
+    gram = m * m * A + 1.5 * m**3
     return min(dense, gram)
 
 
