@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         overrides["sizes"] = parse_sizes(args.sizes)
     cfg = BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)
     result = run_benchmark(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    result["command"] = " ".join(["cincer", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "cincer bench"
+    result["command"] = " ".join(["cincer", *sys.argv[1:]]) if "bench" in sys.argv[1:] else "cincer bench"
     print(format_table(result))
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
