@@ -241,7 +241,8 @@ def audit_recall(dataset: str, *, n: int = 60_000, epochs: int = 30, budgets: tu
             "seconds": time.perf_counter() - start}
 
 
-def curvature_agreement(cleaner: Cleaner, *, queries: int = 30, curvatures: tuple[str, ...] = ("ekfac", "kfac")) -> dict:
+def curvature_agreement(cleaner: Cleaner, *, queries: int = 30,
+                        curvatures: tuple[str, ...] = ("ekfac", "kfac")) -> dict:
     """How close the Kronecker-factored rankings are to the exact one, over the first ``queries`` of an
     audit of a fitted cleaner: mean top-5 overlap, mean and worst Spearman correlation of the candidates'
     scores, and how often the best candidate is the same."""
