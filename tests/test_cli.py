@@ -28,8 +28,9 @@ BAD = [
     (["--model", "convnet", "--dataset", "breast"], "convnet needs image input"),
     # once silent, or a traceback mid-run
     (["--selector", "influence", "--if-solver", "nope", "--inspector", "always"], "--if-solver must be one of"),
-    (["--selector", "nearest", "--damping", "1"], "--damping is not an option of selector 'nearest'"),
-    (["--inspector", "always", "--threshold", "0.3"], "--threshold is not an option of inspector 'always'"),
+    (["--selector", "nearest", "--damping", "1"], "--damping: not an option of inspector 'margin' or selector"),
+    (["--inspector", "always", "--threshold", "0.3"], "--threshold: not an option of inspector 'always'"),
+    (["--selector", "top_fisher", "--if-damping", "0.5"], "--if-damping: not an option of inspector 'margin'"),
     (["--fim-samples", "0"], "fim_samples must be a positive integer"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--lissa-depth", "0"], "--lissa-depth must be at least 1"),
@@ -112,3 +113,12 @@ def test_help_lists_every_option_with_its_help_text(capsys):
                  "--batch-size", "--threads"):
         assert flag in text, flag
     assert "fraction of training labels flipped (default: 0.2)" in text
+
+
+def test_options_with_the_same_field_name_in_nested_configurations_stay_apart(tmp_path):
+    """--damping (the Fisher selectors) and --if-damping (influence) are both a field named damping."""
+    out = tmp_path / "out"
+    assert main([*QUICK_RUN, "--dataset", "iris", "--known", "20", "--selector", "influence", "--if-damping", "0.5",
+                 "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["influence"]["damping"] == 0.5 and config["damping"] == 0.0

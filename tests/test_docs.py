@@ -43,3 +43,25 @@ def test_guide_code_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "patients.csv").exists()
     large = re.search(r"large data: fixed (\d+) labels with 30 questions; Fisher matrix: (\w+)", out)
     assert large and int(large.group(1)) >= 20 and large.group(2) in ("dense", "gram"), out
+
+
+def test_every_option_of_the_original_is_mapped():
+    """docs/REFERENCE_OPTIONS.md has a row for every option of the original main.py and draw.py."""
+    seed = next((GUIDE.parents[2] / "shared" / "seed").glob("*.txt"), None)
+    reference = (GUIDE.parent / "REFERENCE_OPTIONS.md").read_text()
+    text = seed.read_text() if seed is not None else ""
+    usage = text[text.find("usage: main.py"):]  # the -h output of main.py and draw.py
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+|-[A-Za-z])\b", usage)) - {"-h", "--help"}
+    if seed is None:  # the seed text lives beside the repository in the workplace, not in a clone
+        flags = {"--no-cache", "--seed", "-R", "--n-repeats", "-T", "--max-iters", "-k", "--p-known", "-p",
+                 "--p-noise", "--noise-type", "--ce-precision", "--bits", "-B", "--batch-size", "-E", "--n-epochs",
+                 "--from-logits", "-I", "--inspector", "-N", "--negotiator", "-t", "--threshold", "--no-reload",
+                 "--no-ce", "--nfisher-radius", "--if-damping", "--lissa-depth", "--lissa-samples", "-o",
+                 "--question", "--summary", "--sup", "--style-by"}
+    assert len(flags) >= 30
+    missing = sorted(f for f in flags if f"`{f}" not in reference and f" {f}`" not in reference
+                     and f", `{f}`" not in reference)
+    assert missing == []
+    for name in ("20ng", "cifar10", "mnist49", "kernel_logreg", "max_margin_cluster", "outlier", "nearest-if",
+                 "ce_removal", "eval_influence", "style-by"):
+        assert name in reference, name

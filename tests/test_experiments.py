@@ -344,6 +344,15 @@ def test_plot_figures_tables_and_markdown(q1, q2, tmp_path, capsys):
     assert np.isnan(q2csv.set_index("selector").loc["full_fisher", "pr5"])
     assert cli_main(["plot", str(tmp_path / "nothing-here"), "--out", str(dest)]) == 2
     assert "no such folder" in capsys.readouterr().err
+    # the original draw.py's --summary: F1 and # cleaned only (two panels: a narrower figure)
+    import matplotlib.image
+
+    two = tmp_path / "two"
+    assert cli_main(["plot", str(out1), "--out", str(two), "--panels", "f1,cleaned"]) == 0
+    width = matplotlib.image.imread(two / "synthetic-fullnet-q1.png").shape[1]
+    assert width < matplotlib.image.imread(dest / "synthetic-fullnet-q1.png").shape[1] * 0.8
+    assert cli_main(["plot", str(out1), "--out", str(two), "--panels", "f1,loss"]) == 2
+    assert "--panels must be" in capsys.readouterr().err
 
 
 def test_a_failing_method_does_not_stop_the_others(tmp_path):

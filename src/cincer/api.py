@@ -365,6 +365,9 @@ class Cleaner:
         if cv is None:
             self.folds_ = []
             return self._audit(self.loop_.audit_order(), int(budget), lambda index: self.loop_, None)
+        if self.loop_.inspect.needs_model:
+            raise CincerError(f"cv={cv}: a cross-fitted audit orders by out-of-fold probabilities, and the "
+                              f"inspector {self.inspector!r} scores with the model itself (use cv=None)")
         fold_of, probs = self._cross_fit(int(cv))
         known = self.loop_.known
         order = known[audit_order(self.loop_.inspect, probs[known], self.loop_.labels[known], self.rng_)]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config, at_least, option, registered
+from .config import Config, at_least, flag_of, option, registered
 from .errors import CincerError
 from .influence import InfluenceConfig
 from .inspect import INSPECTORS, Inspector
@@ -25,33 +25,50 @@ from .models import MODELS, TrainConfig, build_model
 from .select import SELECTORS, Selector
 
 # config field -> the factory parameter it feeds
-INSPECTOR_OPTIONS = {"threshold": "threshold"}
+INSPECTOR_OPTIONS = {"threshold": "threshold", "p_query": "p_query", "influence": "config"}
 SELECTOR_OPTIONS = {"fim_samples": "fim_samples", "damping": "damping", "full_fisher_max_params": "max_params",
-                    "influence": "config"}
+                    "nfisher_radius": "radius", "n_nearest": "n_nearest", "block_damping": "block_damping",
+                    "max_block": "max_block", "influence": "config"}
 
 
 @dataclass
 class CleaningConfig(Config):
     """How one cleans: the model, its training, the inspector and the selector (paper defaults)."""
 
-    model: str = option("fullnet", "model: logreg | fullnet | convnet", check=registered(MODELS))
-    inspector: str = option("margin", "suspicion test: margin | always | never | random | cleanlab",
-                            check=registered(INSPECTORS))
-    threshold: float = option(0.2, "the inspector's threshold (margin: tau; cleanlab: label quality)")
+    model: str = option("fullnet", "model: logreg | kernel_logreg | fullnet | convnet", check=registered(MODELS))
+    inspector: str = option("margin", "suspicion test: margin | always | never | random | cleanlab | gradient | "
+                            "fisher | influence", check=registered(INSPECTORS))
+    threshold: float | None = option(None, "the inspector's threshold (default: the inspector's own; margin: "
+                                     "tau = 0.2, the paper; cleanlab: label quality 0.5; gradient, fisher, "
+                                     "influence: a score, see cincer.inspect)")
+    p_query: float | None = option(None, "random inspector: probability of querying an example (default 0.5)")
     selector: str = option("top_fisher", "counter-example ranking: top_fisher | full_fisher | practical_fisher | "
-                           "influence | nearest | random | none | drop_ce", check=registered(SELECTORS))
-    fim_samples: int | None = option(None, "known examples in the top-layer FIM (paper: 30; default: all)")
-    damping: float = option(0.0, "top-layer FIM damping; 0 = pseudo-inverse (paper)")
+                           "influence | nearest | nearest_fisher | nearest_if | approx_fisher | block_fisher | "
+                           "random | none | drop_ce", check=registered(SELECTORS))
+    fim_samples: int | None = option(None, "known examples in the FIM of the Fisher selectors (paper: 30 for the "
+                                     "top layer; default: all)")
+    damping: float = option(0.0, "FIM damping of top_fisher, nearest_fisher, drop_ce, full_fisher and approx_fisher "
+                            "(F + damping I); 0 = pseudo-inverse (paper)")
     full_fisher_max_params: int = option(20_000, "largest network full_fisher accepts", check=at_least(1))
+    nfisher_radius: float | None = option(None, "nearest_fisher: top_fisher over the candidates within this "
+                                          "Euclidean distance in input space (the nearest alone if none); an "
+                                          "absolute distance, not the original's fraction of the largest one; "
+                                          "None = no limit", check=at_least(0))
+    n_nearest: int = option(100, "nearest_if: influence over this many nearest candidates", check=at_least(1))
+    block_damping: float = option(0.01, "block_fisher: damping added to each layer's FIM block; 0 = pseudo-inverse",
+                                  check=at_least(0))
+    max_block: int = option(10_000, "largest layer (weight + bias parameters) block_fisher accepts",
+                            check=at_least(1))
     influence: InfluenceConfig = option(default_factory=InfluenceConfig)
     train: TrainConfig = option(default_factory=TrainConfig)
     seed: int = option(0, "random seed")
 
     def validate(self) -> None:
         super().validate()
-        for field_name, kind, name in self._unused():
-            flag = "--" + field_name.replace("_", "-")
-            raise CincerError(f"{flag} is not an option of {kind} {name!r} (leave it at its default)")
+        unused = self._unused()
+        if unused:
+            raise CincerError(f"{', '.join(unused)}: not an option of inspector {self.inspector!r} or selector "
+                              f"{self.selector!r} (leave it at its default)")
         self.make_inspector()  # each stage checks its own options
         self.make_selector()
 
@@ -68,20 +85,32 @@ class CleaningConfig(Config):
     def make_selector(self) -> Selector:
         return SELECTORS.create(self.selector, **self.selector_params())
 
-    def _unused(self) -> list[tuple[str, str, str]]:
-        """``(field, stage kind, stage name)`` of every option set away from its default for a stage that
-        does not take it."""
-        defaults = type(self)()
-        return [(field_name, registry.kind, name)
-                for options, registry, name in ((INSPECTOR_OPTIONS, INSPECTORS, self.inspector),
-                                                (SELECTOR_OPTIONS, SELECTORS, self.selector))
-                for field_name, param in options.items()
-                if getattr(self, field_name) != getattr(defaults, field_name) and not registry.accepts(name, param)]
+    def _unused(self) -> list[str]:
+        """The flags of the stage options set away from their defaults that neither stage takes."""
+        defaults, out = type(self)(), []
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name in self._not_taken():
+            value, default = getattr(self, name), getattr(defaults, name)
+            if value == default:
+                continue
+            if isinstance(value, Config):  # a nested configuration: the flags of what was changed
+                out += [flag_of(f) for f in dataclasses.fields(value)  # type: ignore[arg-type]
+                        if getattr(value, f.name) != getattr(default, f.name)]
+            else:
+                out.append(flag_of(fields[name]))
+        return out
 
     def without_unused(self) -> Any:
         """A copy with the options its stages do not take back at their defaults."""
         defaults = type(self)()
-        return dataclasses.replace(self, **{f: getattr(defaults, f) for f, _, _ in self._unused()})
+        return dataclasses.replace(self, **{f: getattr(defaults, f) for f in self._not_taken()})
+
+    def _not_taken(self) -> list[str]:
+        """The stage options that neither this inspector nor this selector takes."""
+        taken = {f for options, registry, name in ((INSPECTOR_OPTIONS, INSPECTORS, self.inspector),
+                                                   (SELECTOR_OPTIONS, SELECTORS, self.selector))
+                 for f, param in options.items() if registry.accepts(name, param)}
+        return [f for f in {**INSPECTOR_OPTIONS, **SELECTOR_OPTIONS} if f not in taken]
 
     # ------------------------------------------------------------------- objects
     def new_learner(self, input_shape: tuple[int, ...], n_classes: int, *, seed: int, dtype: torch.dtype,
@@ -102,5 +131,6 @@ class CleaningConfig(Config):
 
 
 def _params(registry: Any, name: str, options: dict[str, str], config: Config) -> dict:
+    """The options the factory ``name`` takes; ``None`` means "the factory's own default" and is not passed."""
     return {param: getattr(config, field_name) for field_name, param in options.items()
-            if registry.accepts(name, param)}
+            if registry.accepts(name, param) and getattr(config, field_name) is not None}

@@ -106,9 +106,10 @@ class Config:
     # ------------------------------------------------------------------- command line
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (),
-                      defaults: Config | None = None) -> None:
-        """One argument per CLI field (nested configurations flattened). Arguments not given are absent
-        from the parsed namespace, so :meth:`from_args` can lay them over any base configuration."""
+                      defaults: Config | None = None, prefix: str = "") -> None:
+        """One argument per CLI field (nested configurations flattened, each argument stored under its
+        field's path, e.g. ``influence.damping``, so equal field names never collide). Arguments not given
+        are absent from the parsed namespace, so :meth:`from_args` can lay them over any base."""
         base = defaults if defaults is not None else cls()
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -117,12 +118,12 @@ class Config:
             value = getattr(base, f.name)
             nested = _nested_config(hints[f.name])
             if nested is not None:
-                nested.add_arguments(parser, exclude=exclude, defaults=value)
+                nested.add_arguments(parser, exclude=exclude, defaults=value, prefix=f"{prefix}{f.name}.")
                 continue
             kind = _scalar_type(hints[f.name])
             help_text = f.metadata.get("help", "")
             shown = "all" if value is None and f.name == "fim_samples" else value
-            kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+            kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": argparse.SUPPRESS,
                                       "help": f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"}
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -132,17 +133,18 @@ class Config:
             parser.add_argument(flag_of(f), **kwargs)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, base: Config | None = None) -> Any:
+    def from_args(cls, args: argparse.Namespace, base: Config | None = None, *, prefix: str = "") -> Any:
         """``base`` (default: the defaults) with every field given on the command line replaced."""
         base = base if base is not None else cls()
         hints = typing.get_type_hints(cls)
+        given = vars(args)
         changes = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             nested = _nested_config(hints[f.name])
             if nested is not None:
-                changes[f.name] = nested.from_args(args, getattr(base, f.name))
-            elif f.metadata.get("cli", True) and hasattr(args, f.name):
-                changes[f.name] = getattr(args, f.name)
+                changes[f.name] = nested.from_args(args, getattr(base, f.name), prefix=f"{prefix}{f.name}.")
+            elif f.metadata.get("cli", True) and prefix + f.name in given:
+                changes[f.name] = given[prefix + f.name]
         return dataclasses.replace(base, **changes)  # type: ignore[type-var]
 
 

@@ -9,12 +9,17 @@ whichever is smaller, with the pseudo-inverse (paper) or a damped inverse (Woodb
 Top layer (logits ``z = W h + b``), closed form, no autograd:
 ``g = (e_y - p) (x) [h; 1]`` and ``F = mean_i (diag p_i - p_i p_i^T) (x) h~_i h~_i^T``.
 Top-layer vectors are stored as ``(C, H + 1)`` matrices ``[dW | db]`` (flattened row-major).
+
+All parameters (torch.func): per-example and per-class scores, the dense FIM (:func:`full_fisher`), and two
+approximations built one chunk of examples at a time without holding the factor: its diagonal
+(:func:`fisher_diagonal`, :class:`DiagonalFisherSolver`) and its layer-wise diagonal blocks
+(:func:`layer_blocks`, :func:`fisher_blocks`, :class:`BlockFisherSolver`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypeGuard
 
 import torch
@@ -525,3 +530,126 @@ def scores_dot(model: nn.Module, v: torch.Tensor, X: torch.Tensor, y: torch.Tens
     """``g_k^T v`` for every row, computing per-example scores one chunk at a time."""
     return torch.cat([per_example_scores(model, X[s:s + chunk], y[s:s + chunk], chunk=chunk) @ v
                       for s in range(0, len(X), chunk)]) if len(X) else v.new_zeros(0)
+
+
+# --------------------------------------------------------------------------- all parameters: diagonal and block FIMs
+
+SCORE_CHUNK_ELEMENTS = 2**22  # per-class score rows of one chunk hold at most this many entries per class
+
+
+def layer_blocks(model: nn.Module) -> list[tuple[str, slice]]:
+    """The layers of ``model`` as slices of the flattened parameter vector (the order of
+    :func:`per_example_scores`): one block per module that owns parameters, its weight and bias together,
+    named after the module (``"head"``, ``"body.1"``)."""
+    blocks: list[tuple[str, slice]] = []
+    start = 0
+    for name, p in model.named_parameters():
+        layer = name.rpartition(".")[0]
+        if blocks and blocks[-1][0] == layer and blocks[-1][1].stop == start:
+            blocks[-1] = (layer, slice(blocks[-1][1].start, start + p.numel()))
+        else:
+            blocks.append((layer, slice(start, start + p.numel())))
+        start += p.numel()
+    return blocks
+
+
+def _fisher_columns(model: nn.Module, X: torch.Tensor, chunk: int | None) -> Iterator[torch.Tensor]:
+    """The factor of the full FIM one chunk of rows at a time: ``(m C, n_params)``, rows ``sqrt(p_ic) g_ic``
+    (the columns of :func:`full_fisher`'s ``U``), so nothing of size ``n x C x n_params`` is ever held."""
+    rows = chunk or max(1, min(256, SCORE_CHUNK_ELEMENTS // max(n_parameters(model), 1)))
+    with Progress(len(X), "Fisher matrix", unit="rows") as progress:
+        for start in range(0, len(X), rows):
+            scores, probs = per_class_scores(model, X[start:start + rows], chunk=rows)
+            yield (probs.sqrt()[:, :, None] * scores).reshape(-1, scores.shape[-1])
+            progress.update(len(probs))
+
+
+def fisher_diagonal(model: nn.Module, X: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
+    """The diagonal of the true FIM over all parameters, ``mean_i sum_c p_ic g_ic**2`` (the diagonal of
+    :func:`full_fisher`'s matrix), accumulated one chunk of rows at a time: ``O(n_params)`` memory beyond it."""
+    diag = next(iter(parameters_of(model).values())).new_zeros(n_parameters(model))
+    for U in _fisher_columns(model, X, chunk):
+        diag += (U * U).sum(0)
+    return diag / max(len(X), 1)
+
+
+def fisher_blocks(model: nn.Module, X: torch.Tensor, blocks: list[tuple[str, slice]], *,
+                  chunk: int | None = None) -> list[torch.Tensor]:
+    """The diagonal blocks ``F[s, s]`` of the true FIM over all parameters, one dense ``b x b`` matrix per
+    slice ``s`` of ``blocks`` (e.g. :func:`layer_blocks`), accumulated one chunk of rows at a time: memory is
+    ``sum b^2`` beyond a chunk, whatever the number of rows."""
+    like = next(iter(parameters_of(model).values()))
+    out = [like.new_zeros(s.stop - s.start, s.stop - s.start) for _, s in blocks]
+    for U in _fisher_columns(model, X, chunk):
+        for F, (_, s) in zip(out, blocks):
+            F.addmm_(U[:, s].T, U[:, s])
+    return [F / max(len(X), 1) for F in out]
+
+
+class DiagonalFisherSolver:
+    """Applies the inverse of a diagonal approximation of the FIM: ``1 / diag`` with the entries below
+    ``rtol * max`` counted as zero (``damping == 0``, the pseudo-inverse: their inverse is 0), or
+    ``1 / (diag + damping)``."""
+
+    method = "diagonal"
+    factorization = "diagonal"
+
+    def __init__(self, diag: torch.Tensor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL) -> None:
+        if damping < 0:
+            raise CincerError(f"damping must be >= 0, got {damping}")
+        self.diag = diag
+        if damping > 0:
+            self.inv_diag = 1.0 / (diag + damping)
+        else:
+            keep = diag > rtol * diag.abs().max().clamp_min(torch.finfo(diag.dtype).tiny) if len(diag) else diag > 0
+            self.inv_diag = torch.where(keep, 1.0 / torch.where(keep, diag, 1.0), 0.0)
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        """``F^{-1} v`` for ``v`` of shape ``(d,)`` or ``(d, q)``."""
+        return self.inv_diag * v if v.dim() == 1 else self.inv_diag[:, None] * v
+
+    def dense(self) -> torch.Tensor:
+        return torch.diag(self.diag)
+
+
+class BlockFisherSolver:
+    """Applies the inverse of a block-diagonal approximation of the FIM, each block ``F_b`` inverted on its
+    own: ``(F_b + damping I)^{-1}`` (Cholesky), or the pseudo-inverse ``F_b^+`` when ``damping == 0``
+    (certified Cholesky or eigendecomposition, as :class:`FisherSolver`, the cut-off relative to each
+    block's largest eigenvalue). ``blocks`` are ``(name, slice)`` pairs covering the parameter vector."""
+
+    method = "block"
+
+    def __init__(self, blocks: list[tuple[str, slice]], matrices: list[torch.Tensor], *, damping: float = 0.0,
+                 rtol: float = DEFAULT_RTOL, factorization: str = "auto") -> None:
+        if damping < 0:
+            raise CincerError(f"damping must be >= 0, got {damping}")
+        if factorization not in ("auto", "eigh"):
+            raise CincerError(f"unknown factorization {factorization!r} (auto, eigh)")
+        if len(blocks) != len(matrices):
+            raise CincerError(f"{len(blocks)} blocks but {len(matrices)} matrices")
+        self.blocks, self.matrices, self.damping = blocks, matrices, damping
+        self._inv = []
+        for (name, s), F in zip(blocks, matrices):
+            if F.shape != (s.stop - s.start, s.stop - s.start):
+                raise CincerError(f"block {name!r} spans {s.stop - s.start} parameters but its matrix is "
+                                  f"{tuple(F.shape)}")
+            if damping > 0:
+                self._inv.append(_Inverse.cholesky(F + damping * torch.eye(len(F), dtype=F.dtype, device=F.device)))
+            else:
+                self._inv.append(_Inverse.pinv(F, rtol, factorization))
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        """``F^{-1} v`` for ``v`` of shape ``(d,)`` or ``(d, q)``."""
+        out = torch.zeros_like(v)
+        for (_, s), inv in zip(self.blocks, self._inv):
+            out[s] = inv(v[s])
+        return out
+
+    @property
+    def factorization(self) -> str:
+        """``"cholesky"``, ``"eigh"``, or ``"cholesky+eigh"`` when the blocks differ."""
+        return "+".join(sorted({inv.kind for inv in self._inv}))
+
+    def dense(self) -> torch.Tensor:
+        return torch.block_diag(*self.matrices)

