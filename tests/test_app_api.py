@@ -66,7 +66,7 @@ def test_index_and_state_show_the_pair_with_a_reason(app):
     assert q["counter"] is not None and q["counter"]["label"] == q["prediction"] != q["suspicious"]["label"]
     P, L = q["prediction_name"], q["suspicious"]["label_name"]
     assert q["sentence"].startswith(f"The model thinks this is “{P}”, not “{L}”")
-    assert "because of this example you labelled" in q["sentence"]
+    assert "because of this example, labelled" in q["sentence"] and "you labelled" not in q["sentence"]
     assert 1 <= len(q["alternatives"]) <= 3 and q["alternatives"][0]["id"] == q["counter"]["id"]
     assert 0.5 / 10 < q["confidence"] <= 1.0
     p = state["progress"]
@@ -326,7 +326,9 @@ def test_export_csv_and_json(project_dir, tmp_path):
         labels = list(csv.DictReader(f))
     with open(paths[1]) as f:
         audit = list(csv.DictReader(f))
-    assert len(labels) == 240 and [r for r in labels if r["changed"] == "True"] == [labels[q.suspicious]]
+    pool = [r for r in labels if r["held_out"] == "False"]  # the demo's held-out rows are exported too, marked
+    assert len(pool) == 240 and len(labels) == 240 + len(load_project(project_dir).y_test)
+    assert [r for r in labels if r["changed"] == "True"] == [labels[q.suspicious]]
     assert labels[q.suspicious]["label"] == str(q.prediction)
     assert [r["role"] for r in audit] == ["suspicious", "counterexample"] * 2
     assert audit[0]["old_label"] == str(q.label) and audit[0]["new_label"] == str(q.prediction)
@@ -334,7 +336,7 @@ def test_export_csv_and_json(project_dir, tmp_path):
     assert audit[2]["undone_at"] != ""
     assert cli_main(["export", str(project_dir), "--format", "json"]) == 0
     data = json.loads((project_dir / "export" / "cleaned.json").read_text())
-    assert len(data["labels"]) == 240 and len(data["audit"]) == 4
+    assert sum(not r["held_out"] for r in data["labels"]) == 240 and len(data["audit"]) == 4
     assert cli_main(["export", str(tmp_path / "missing")]) == 2
 
 
@@ -355,7 +357,7 @@ def test_tabular_csv_project_highlights_differences(tmp_path):
     assert cli_main(["project", "init", str(tmp_path / "p"), "--data", str(path), "--labels", "diagnosis",
                      "--holdout", "0.2", "--known", "30", "--epochs", "10"]) == 0
     project = load_project(tmp_path / "p")
-    assert project.kind == "tabular" and project.class_names == ["benign", "malignant"]
+    assert project.kind == "tabular" and project.class_names == ["malignant", "benign"]  # order of first appearance
     assert project.n == 120 and project.has_holdout and len(project.feature_names) == 30
     assert project.raw.shape == (120, 30) and abs(project.X.mean()) < 0.2  # raw values shown, standardised learnt
     project.y[40:60] = 1 - project.y[40:60]  # make some examples suspicious

@@ -67,9 +67,9 @@ def test_keyboard_session_undo_and_reload(server, page):
         if i % 3 == 1:  # relabel the suspicious example as the model predicts
             page.keyboard.press(str(q["prediction"]))
             assert page.inner_text(".card[data-role=suspicious] .new-label") == q["prediction_name"]
-        elif i % 3 == 2 and q["counter"]:  # relabel both: Tab moves the focus to the counter-example
-            page.keyboard.press(str(q["prediction"]))
-            page.keyboard.press("Tab")
+        elif i % 3 == 2 and q["counter"]:  # relabel both: → moves the focus to the counter-example (Tab is the
+            page.keyboard.press(str(q["prediction"]))  # browser's, to reach every control)
+            page.keyboard.press("ArrowRight")
             page.keyboard.press(str((q["counter"]["label"] + 1) % 10))
         if i == 9:
             page.keyboard.press("s")  # skip

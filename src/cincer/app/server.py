@@ -1,9 +1,14 @@
 """The FastAPI app: a thin HTTP layer over :class:`~cincer.app.session.Session`.
 
-Errors are always 4xx with a JSON ``{"detail": ...}``: 400 bad JSON, 401 missing token, 404 unknown
-query/example, 409 already answered (with the stored decision and the current state), 413 body too
-large, 422 invalid values. Nothing is changed by a rejected request. Images are served by example
-id only.
+Errors are always 4xx with a JSON ``{"detail": ...}``: 400 bad JSON, 401 missing, unknown or revoked
+token, 404 unknown query/example, 409 already answered (with the stored decision and the current
+state), 413 body too large, 415 not JSON, 422 invalid values. Nothing is changed by a rejected
+request. Images are served by example id only.
+
+Token mode (the project has annotators, :mod:`cincer.app.users`): every request carries an
+annotator's token, which decides who the request is from (``who`` in the audit log, whose query is
+shown, whose last decision an undo reverts). Otherwise one shared ``token`` (or none on loopback)
+and the session's ``who``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import re
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -20,11 +26,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CincerError, ConflictError, NotFoundError
+from .export import export_tables, render
 from .session import Session
+from .users import Annotators
 
 MAX_BODY = 16 * 1024
 TOKEN_COOKIE = "cincer_token"
-STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+          "favicon.svg": "image/svg+xml"}
+EXPORTS = {"labels.csv": "text/csv; charset=utf-8", "audit.csv": "text/csv; charset=utf-8",
+           "cleaned.json": "application/json", "labels.parquet": "application/vnd.apache.parquet",
+           "audit.parquet": "application/vnd.apache.parquet"}
 
 
 class BadRequest(Exception):
@@ -36,22 +48,41 @@ class BadRequest(Exception):
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
-def create_app(session: Session, *, token: str | None = None, allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+def create_app(session: Session, *, token: str | None = None, allowed_hosts: tuple[str, ...] = (),
+               annotators: Annotators | None = None) -> FastAPI:
     """Without a token only loopback ``Host`` names (plus ``allowed_hosts``) are accepted, which stops
-    DNS-rebinding pages; POST bodies must be ``application/json``, which a cross-site form cannot send."""
+    DNS-rebinding pages; POST bodies must be ``application/json``, which a cross-site form cannot send.
+    With ``annotators`` the app runs in token mode (and the session ``per_user``)."""
+    if annotators is not None and token is not None:
+        raise CincerError("a project with annotators takes their tokens only, not a shared --token "
+                          "(see `cincer project user list`)")
+    if annotators is not None:
+        session.per_user = True
+        session.is_annotator = lambda name: any(u["name"] == name for u in annotators.active())
     app = FastAPI(title="cincer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.session = session
     hosts = set(LOOPBACK_NAMES) | set(allowed_hosts)
+    guarded = token is not None or annotators is not None
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if token is None and _hostname(request.headers.get("host", "")) not in hosts:
+        if not guarded and _hostname(request.headers.get("host", "")) not in hosts:
             return JSONResponse({"detail": "this server only answers requests addressed to localhost "
                                  "(start it with --host and a token to share it)"}, status_code=403)
-        if token is not None and not _token_ok(request, token):
+        user, given = session.who, None
+        if annotators is not None:
+            candidates = _tokens(request)
+            found = await run_in_threadpool(_authenticate, annotators, candidates)  # a first check hashes: slow
+            if found is None:
+                why = "unknown or revoked token" if candidates else "missing token"
+                return JSONResponse({"detail": f"{why}: open the link `cincer project user add` printed for you "
+                                     "(…/?token=…), or ask for a new one"}, status_code=401)
+            given, user = found
+        elif token is not None and not _token_ok(request, token):
             return JSONResponse({"detail": "missing or wrong token: open the URL printed by `cincer serve` "
                                  "(…/?token=…) or send 'Authorization: Bearer <token>'"}, status_code=401)
-        if request.method == "POST" and request.headers.get("content-type", "").split(";")[0].strip() \
+        request.state.user = user
+        if request.method == "POST" and request.headers.get("content-type", "").split(";")[0].strip().lower() \
                 != "application/json":
             return JSONResponse({"detail": "POST bodies must be sent as Content-Type: application/json"},
                                 status_code=415)
@@ -59,8 +90,9 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             return JSONResponse({"detail": f"request body too large (at most {MAX_BODY} bytes)"}, status_code=413)
         response = await call_next(request)
-        if token is not None and request.query_params.get("token") == token:
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        cookie = given if annotators is not None else token
+        if cookie is not None and request.query_params.get("token") == cookie:
+            response.set_cookie(TOKEN_COOKIE, cookie, httponly=True, samesite="strict")
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
@@ -71,7 +103,7 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
 
     @app.exception_handler(ConflictError)
     async def conflict(request: Request, err: ConflictError):
-        state = await run_in_threadpool(session.state)
+        state = await run_in_threadpool(session.state, _user(request))
         return JSONResponse({"detail": f"{err}; this answer was not applied. The current state is attached.",
                              "decision": err.decision, "state": state}, status_code=409)
 
@@ -94,9 +126,8 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
 
     # ------------------------------------------------------------------ pages
     @app.get("/", response_class=HTMLResponse)
-    def index():
-        state = session.state()
-        return HTMLResponse(_page(state))
+    def index(request: Request):
+        return HTMLResponse(_page(session.state(_user(request))))
 
     @app.get("/static/{name}")
     def static(name: str):
@@ -105,14 +136,22 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
         body = resources.files("cincer.app").joinpath("static", name).read_bytes()
         return Response(body, media_type=STATIC[name])
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return static("favicon.svg")
+
     @app.get("/healthz")
     def healthz():
         return {"ok": True, "model_version": session.model_version}
 
     # ------------------------------------------------------------------ API
     @app.get("/api/state")
-    def state():
-        return session.state()
+    def state(request: Request):
+        return session.state(_user(request))
+
+    @app.get("/api/status")
+    def status(request: Request):
+        return session.status(_user(request))
 
     @app.get("/api/queries/{query_id}")
     def query(query_id: str, counter: int | None = None):
@@ -125,7 +164,7 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
     def alternatives(query_id: str):
         stored = session.store.query(query_id)
         return {"query_id": query_id,
-                "alternatives": [{**session.example(i), "score": s, "rank": r + 1}
+                "alternatives": [{**session.example(i, model=True), "score": s, "rank": r + 1}
                                  for r, (i, s) in enumerate(stored.ranking)]}
 
     @app.post("/api/queries/{query_id}/answer")
@@ -135,8 +174,9 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
                               "counter_index": int, "who": str})
         if "action" not in args:
             args["action"] = "label" if ("suspicious_label" in args or "counter_label" in args) else "confirm"
-        decision = await run_in_threadpool(lambda: session.answer(query_id, **args))
-        state = await run_in_threadpool(session.state)
+        user = _user(request)
+        decision = await run_in_threadpool(lambda: session.answer(query_id, **args, user=user))
+        state = await run_in_threadpool(session.state, user)
         return {"decision": decision, "state": state}
 
     @app.post("/api/undo")
@@ -145,13 +185,26 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
         args = _fields(body, {"decision_id": int})
         if "decision_id" not in args:
             raise CincerError("decision_id is required (the id of the last decision, from /api/state)")
-        decision, reopened = await run_in_threadpool(lambda: session.undo(args["decision_id"]))
-        state = await run_in_threadpool(session.state)
+        user = _user(request)
+        decision, reopened = await run_in_threadpool(lambda: session.undo(args["decision_id"], user))
+        state = await run_in_threadpool(session.state, user)
         return {"undone": decision, "reopened": reopened.id, "state": state}
+
+    @app.get("/api/skipped")
+    def skipped():
+        return {"skipped": session.skipped()}
+
+    @app.post("/api/skipped/{decision_id}/revisit")
+    async def revisit(decision_id: int, request: Request):
+        _fields(await _read_json(request), {})
+        user = _user(request)
+        decision, reopened = await run_in_threadpool(lambda: session.revisit(decision_id, user))
+        state = await run_in_threadpool(session.state, user)
+        return {"revisited": decision, "reopened": reopened.id, "state": state}
 
     @app.get("/api/examples/{index}")
     def example(index: int):
-        return session.example(index)
+        return session.example(index, model=True)
 
     @app.get("/api/examples/{index}/image.png")
     def image(index: int):
@@ -168,7 +221,22 @@ def create_app(session: Session, *, token: str | None = None, allowed_hosts: tup
     def decisions():
         return {"decisions": session.store.decisions()}
 
+    @app.get("/api/export/{name}")
+    def export(name: str):
+        if name not in EXPORTS:
+            raise NotFoundError(f"no export {name!r} (one of {', '.join(EXPORTS)})")
+        with session.lock:  # labels and audit of one moment
+            labels, audit = export_tables(session.project, session.store)
+        body = render(labels, audit, name.rsplit(".", 1)[1])[name]
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", session.project.name).strip("._") or "cincer"
+        return Response(body, media_type=EXPORTS[name],
+                        headers={"Content-Disposition": f'attachment; filename="{stem[:60]}-{name}"'})
+
     return app
+
+
+def _user(request: Request) -> str:
+    return getattr(request.state, "user", None) or request.app.state.session.who
 
 
 def _hostname(host: str) -> str:
@@ -177,12 +245,26 @@ def _hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _token_ok(request: Request, token: str) -> bool:
+def _tokens(request: Request) -> list[str]:
+    """The tokens a request carries, in order of precedence: header, X-Cincer-Token, ``?token=``, cookie."""
     auth = request.headers.get("authorization", "")
-    candidates = [auth[7:] if auth.lower().startswith("bearer ") else "",
-                  request.headers.get("x-cincer-token", ""), request.cookies.get(TOKEN_COOKIE, ""),
-                  request.query_params.get("token", "")]
-    return any(c and hmac.compare_digest(c.encode(), token.encode()) for c in candidates)
+    found = [auth[7:].strip() if auth.lower().startswith("bearer ") else "",
+             request.headers.get("x-cincer-token", ""), request.query_params.get("token", ""),
+             request.cookies.get(TOKEN_COOKIE, "")]
+    return [c for c in found if c]
+
+
+def _authenticate(annotators: Annotators, candidates: list[str]) -> tuple[str, str] | None:
+    """``(token, annotator)`` for the first candidate that is an active annotator's token."""
+    for candidate in candidates:
+        name = annotators.authenticate(candidate)
+        if name is not None:
+            return candidate, name
+    return None
+
+
+def _token_ok(request: Request, token: str) -> bool:
+    return any(hmac.compare_digest(c.encode(), token.encode()) for c in _tokens(request))
 
 
 async def _read_json(request: Request) -> dict:
@@ -225,24 +307,37 @@ def _fields(body: dict, schema: dict[str, type]) -> dict:
     return out
 
 
+def script_json(data) -> str:
+    """JSON that is safe inside ``<script>``: no ``<``, ``>`` or ``&`` (so no ``</script>`` or ``<!--``) and
+    no U+2028/U+2029 (line breaks to older JavaScript parsers) appear as such; JSON.parse reads it back."""
+    text = json.dumps(data)
+    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text
+
+
 def _page(state: dict) -> str:
-    data = json.dumps(state).replace("</", "<\\/")
+    data = script_json(state)
     name = html.escape(state["project"]["name"])
     p = state["progress"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cincer · {name}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/app.css"></head>
 <body>
-<header><h1>CINCER <span class="project">{name}</span></h1>
+<header><div class="top"><h1>CINCER <span class="project">{name}</span></h1>
+<nav id="tools" class="tools" aria-label="tools"></nav></div>
 <div id="progress" class="progress">{p['answered']} queries answered · {p['labels_changed']} labels changed ·
 {p['seen']}/{p['total']} examples seen</div></header>
-<main id="main"><p>Loading…</p></main>
 <div id="message" role="status" aria-live="polite"></div>
-<div id="help" class="help" hidden></div>
-<footer>Keys: <kbd>0</kbd>–<kbd>9</kbd>/letters pick a label · <kbd>Tab</kbd> switches example ·
-<kbd>Enter</kbd> confirms · <kbd>u</kbd> undo · <kbd>s</kbd> skip · <kbd>n</kbd> next-best ·
-<kbd>?</kbd> keys</footer>
+<main id="main"><p>Loading…</p></main>
+<section id="skipped" class="skipped" hidden aria-label="skipped queries"></section>
+<div id="help" class="help" role="dialog" aria-label="instructions and keys" hidden></div>
+<footer>Keys: the key on a label's button picks it · <kbd>←</kbd> <kbd>→</kbd> switch example ·
+<kbd>a</kbd> accept the model's suggestion · <kbd>Enter</kbd> save · <kbd>s</kbd> skip · <kbd>u</kbd> undo ·
+<kbd>n</kbd> next-best · <kbd>?</kbd> instructions and keys</footer>
 <script id="initial-state" type="application/json">{data}</script>
 <script src="/static/app.js"></script>
 </body></html>"""

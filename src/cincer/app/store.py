@@ -1,8 +1,10 @@
 """The session's durable state: SQLite (WAL, synchronous=FULL), one transaction per decision.
 
 Tables: ``meta`` (key -> JSON), ``examples`` (current and original label of every pool example),
-``queries`` (each query shown, with a stored id, its ranking and status), ``decisions`` (at most one
-per query: ``query_id`` is unique, so a query is never answered twice) and ``f1_history``.
+``queries`` (each query shown, with a stored id, its ranking, status and the annotator it is
+assigned to), ``decisions`` (at most one per query: ``query_id`` is unique, so a query is never
+answered twice) and ``f1_history``. A store made before ``queries.assignee`` existed gains the column
+when it is opened.
 Every method that changes something commits before it returns, so a caller that acknowledges a
 decision after the call knows it survives ``kill -9``.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConflictError, NotFoundError
+from ..errors import CincerError, ConflictError, NotFoundError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,7 +28,7 @@ CREATE TABLE IF NOT EXISTS queries (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, suspicious INTEGER NOT NULL, counter INTEGER,
     label INTEGER NOT NULL, prediction INTEGER NOT NULL, probs TEXT NOT NULL, ranking TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('open', 'answered', 'undone')), created TEXT NOT NULL,
-    reopens TEXT);
+    reopens TEXT, assignee TEXT);
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, query_id TEXT NOT NULL UNIQUE REFERENCES queries(id),
     who TEXT NOT NULL, at TEXT NOT NULL, action TEXT NOT NULL,
@@ -51,6 +53,7 @@ class StoredQuery:
     status: str
     created: str
     reopens: str | None = None
+    assignee: str | None = None  # the annotator it is shown to (one at a time)
 
 
 def now() -> str:
@@ -69,6 +72,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(queries)")}
+        if "assignee" not in columns:  # a store of an earlier version
+            self._db.execute("ALTER TABLE queries ADD COLUMN assignee TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -110,11 +116,30 @@ class Store:
             return [r[0] for r in self._db.execute("SELECT original FROM examples ORDER BY idx")]
 
     # ------------------------------------------------------------------ queries
-    def open_query(self) -> StoredQuery | None:
-        """The query to show now: the open one created last (an undo reopens on top of the stack)."""
+    def open_query(self, assignee: str | None = None) -> StoredQuery | None:
+        """The query to show now: the open one created last (an undo reopens on top of the stack); with
+        ``assignee``, the last one assigned to that annotator."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM queries WHERE status = 'open' ORDER BY seq DESC LIMIT 1").fetchone()
+            if assignee is None:
+                row = self._db.execute("SELECT * FROM queries WHERE status = 'open' ORDER BY seq DESC LIMIT 1"
+                                       ).fetchone()
+            else:
+                row = self._db.execute("SELECT * FROM queries WHERE status = 'open' AND assignee = ? "
+                                       "ORDER BY seq DESC LIMIT 1", (assignee,)).fetchone()
         return None if row is None else _query(row)
+
+    def open_queries(self) -> list[StoredQuery]:
+        """Every open query, the last created first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM queries WHERE status = 'open' ORDER BY seq DESC").fetchall()
+        return [_query(r) for r in rows]
+
+    def assign(self, query_id: str, assignee: str, *, previous: str | None) -> bool:
+        """Give an open query to ``assignee`` if it is still open and still ``previous``'s; True if done."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE queries SET assignee = ? WHERE id = ? AND status = 'open' AND assignee IS ?",
+                             (assignee, query_id, previous))
+            return cur.rowcount == 1
 
     def query(self, query_id: str) -> StoredQuery:
         with self._lock:
@@ -124,16 +149,17 @@ class Store:
         return _query(row)
 
     def add_query(self, *, suspicious: int, counter: int | None, label: int, prediction: int, probs,
-                  ranking, meta: dict | None = None, reopens: str | None = None) -> StoredQuery:
+                  ranking, meta: dict | None = None, reopens: str | None = None,
+                  assignee: str | None = None) -> StoredQuery:
         """Insert an open query (and, in the same transaction, the session's cursor in ``meta``)."""
         qid = uuid.uuid4().hex[:16]
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queries").fetchone()[0]
             db.execute("INSERT INTO queries (id, seq, suspicious, counter, label, prediction, probs, ranking, "
-                       "status, created, reopens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
+                       "status, created, reopens, assignee) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
                        (qid, seq, int(suspicious), None if counter is None else int(counter), int(label),
                         int(prediction), json.dumps([float(p) for p in probs]),
-                        json.dumps([[int(i), float(s)] for i, s in ranking]), now(), reopens))
+                        json.dumps([[int(i), float(s)] for i, s in ranking]), now(), reopens, assignee))
             for key, value in (meta or {}).items():
                 _set_meta(db, key, value)
         return self.query(qid)
@@ -166,39 +192,74 @@ class Store:
             decision = db.execute("SELECT * FROM decisions WHERE id = ?", (cur.lastrowid,)).fetchone()
             return _dict(decision)
 
-    def last_decision(self) -> dict | None:
+    def last_decision(self, who: str | None = None) -> dict | None:
+        """The last live decision (of annotator ``who``, when given): the one an undo reverts."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM decisions WHERE undone_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+            if who is None:
+                row = self._db.execute(
+                    "SELECT * FROM decisions WHERE undone_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+            else:
+                row = self._db.execute("SELECT * FROM decisions WHERE undone_at IS NULL AND who = ? "
+                                       "ORDER BY id DESC LIMIT 1", (who,)).fetchone()
         return _dict_or_none(row)
 
-    def undo(self, decision_id: int) -> tuple[dict, StoredQuery]:
-        """Undo the last live decision (only that one): restore its old labels and reopen its query
-        under a new id, so a replay of the original answer is still rejected."""
+    def undo(self, decision_id: int, *, who: str | None = None) -> tuple[dict, StoredQuery]:
+        """Undo the last live decision (only that one; with ``who``, that annotator's last one, provided no
+        later decision changed or checked the same examples): restore its old labels and reopen its query
+        under a new id (assigned to ``who``), so a replay of the original answer is still rejected."""
         with self._tx() as db:
-            last = db.execute("SELECT * FROM decisions WHERE undone_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+            target = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+            if target is None:
+                raise NotFoundError(f"unknown decision id {decision_id}")
+            if who is None:
+                last = db.execute("SELECT * FROM decisions WHERE undone_at IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+            else:
+                last = db.execute("SELECT * FROM decisions WHERE undone_at IS NULL AND who = ? "
+                                  "ORDER BY id DESC LIMIT 1", (who,)).fetchone()
             if last is None or last["id"] != decision_id:
-                target = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
-                if target is None:
-                    raise NotFoundError(f"unknown decision id {decision_id}")
-                raise ConflictError(f"decision {decision_id} is not the last live decision "
-                                    "(already undone or superseded)",
-                               _dict(target))
+                mine = "" if who is None else f" of {who}"
+                raise ConflictError(f"decision {decision_id} is not the last live decision{mine} "
+                                    "(already undone or superseded)", _dict(target))
+            if who is not None:
+                touched = [i for i in (last["suspicious"], last["counter"]) if i is not None]
+                marks = ",".join("?" * len(touched))
+                later = db.execute(
+                    f"SELECT * FROM decisions WHERE undone_at IS NULL AND id > ? AND action != 'skip' AND "
+                    f"(suspicious IN ({marks}) OR counter IN ({marks})) ORDER BY id LIMIT 1",
+                    (decision_id, *touched, *touched)).fetchone()
+                if later is not None:
+                    raise ConflictError(f"decision {decision_id} cannot be undone: {later['who']} has since "
+                                        "answered about the same example", _dict(target))
             # labels back to what they were; checked against the current values so nothing drifts
             db.execute("UPDATE examples SET label = ? WHERE idx = ?", (last["suspicious_old"], last["suspicious"]))
             if last["counter"] is not None:
                 db.execute("UPDATE examples SET label = ? WHERE idx = ?", (last["counter_old"], last["counter"]))
             db.execute("UPDATE decisions SET undone_at = ? WHERE id = ?", (now(), decision_id))
-            db.execute("UPDATE queries SET status = 'undone' WHERE id = ?", (last["query_id"],))
-            old = db.execute("SELECT * FROM queries WHERE id = ?", (last["query_id"],)).fetchone()
-            qid = uuid.uuid4().hex[:16]
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queries").fetchone()[0]
-            db.execute("INSERT INTO queries (id, seq, suspicious, counter, label, prediction, probs, ranking, "
-                       "status, created, reopens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
-                       (qid, seq, old["suspicious"], old["counter"], old["label"], old["prediction"], old["probs"],
-                        old["ranking"], now(), old["id"]))
+            qid = _reopen(db, last["query_id"], who)
             undone = _dict(db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone())
         return undone, self.query(qid)
+
+    def revisit(self, decision_id: int, *, who: str | None = None) -> tuple[dict, StoredQuery]:
+        """Take back a live skip (any, not only the last decision: a skip changed nothing) and reopen its
+        query under a new id, assigned to ``who``; the audit log keeps the skip, marked undone."""
+        with self._tx() as db:
+            target = db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+            if target is None:
+                raise NotFoundError(f"unknown decision id {decision_id}")
+            if target["action"] != "skip":
+                raise CincerError(f"decision {decision_id} is not a skip (undo it instead)")
+            if target["undone_at"] is not None:
+                raise ConflictError(f"the skip {decision_id} was already taken back", _dict(target))
+            db.execute("UPDATE decisions SET undone_at = ? WHERE id = ?", (now(), decision_id))
+            qid = _reopen(db, target["query_id"], who)
+            revisited = _dict(db.execute("SELECT * FROM decisions WHERE id = ?", (decision_id,)).fetchone())
+        return revisited, self.query(qid)
+
+    def skipped(self) -> list[dict]:
+        """The live skips, the latest first."""
+        with self._lock:
+            return [_dict(r) for r in self._db.execute(
+                "SELECT * FROM decisions WHERE undone_at IS NULL AND action = 'skip' ORDER BY id DESC")]
 
     def decisions(self, *, live_only: bool = False) -> list[dict]:
         sql = "SELECT * FROM decisions" + (" WHERE undone_at IS NULL" if live_only else "") + " ORDER BY id"
@@ -212,7 +273,8 @@ class Store:
             skipped = db.execute("SELECT COUNT(*) FROM decisions WHERE undone_at IS NULL AND action = 'skip'"
                                  ).fetchone()[0]
             changed = db.execute("SELECT COUNT(*) FROM examples WHERE label != original").fetchone()[0]
-        return {"answered": answered, "skipped": skipped, "labels_changed": changed}
+            open_ = db.execute("SELECT COUNT(*) FROM queries WHERE status = 'open'").fetchone()[0]
+        return {"answered": answered, "skipped": skipped, "labels_changed": changed, "open": open_}
 
     # ------------------------------------------------------------------ model quality
     def add_f1(self, *, n_decisions: int, n_known: int, f1: float, accuracy: float) -> None:
@@ -241,6 +303,19 @@ class _Transaction:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.lock.release()
+
+
+def _reopen(db: sqlite3.Connection, query_id: str, assignee: str | None) -> str:
+    """Mark ``query_id`` undone and insert its copy as a new open query (inside the caller's transaction)."""
+    db.execute("UPDATE queries SET status = 'undone' WHERE id = ?", (query_id,))
+    old = db.execute("SELECT * FROM queries WHERE id = ?", (query_id,)).fetchone()
+    qid = uuid.uuid4().hex[:16]
+    seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queries").fetchone()[0]
+    db.execute("INSERT INTO queries (id, seq, suspicious, counter, label, prediction, probs, ranking, "
+               "status, created, reopens, assignee) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)",
+               (qid, seq, old["suspicious"], old["counter"], old["label"], old["prediction"], old["probs"],
+                old["ranking"], now(), old["id"], old["assignee"] if assignee is None else assignee))
+    return qid
 
 
 def _set_meta(db: sqlite3.Connection, key: str, value) -> None:

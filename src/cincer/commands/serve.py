@@ -27,9 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo-size", type=int, default=None, help="use only this many demo examples (quick tries)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs a token")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", default=None, help="access token (generated and printed when --host is not loopback)")
+    p.add_argument("--token", default=None, help="shared access token (generated and printed when --host is not "
+                   "loopback); a project with annotators (`cincer project user add`) uses their tokens instead")
     SessionConfig.add_arguments(p)
-    p.add_argument("--user", default=os.environ.get("USER", "annotator"), help="name written in the audit log")
+    p.add_argument("--user", default=os.environ.get("USER", "annotator"),
+                   help="name written in the audit log (without annotators; with them, each token names its holder)")
     p.set_defaults(func=main)
 
 
@@ -44,7 +46,9 @@ def is_loopback(host: str) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     from ..app import Session, create_demo, load_project
+    from ..app.lock import ProjectLock
     from ..app.project import PROJECT_FILE
+    from ..app.users import Annotators
 
     if not 0 < args.port < 65536:
         raise CincerError(f"--port must be in 1..65535, got {args.port}")
@@ -54,24 +58,42 @@ def main(args: argparse.Namespace) -> int:
             raise CincerError(f"{root} is neither a cincer project nor empty")
         print(f"cincer: creating the {args.demo} demo project in {root}", flush=True)
         create_demo(root, dataset=args.demo, limit=args.demo_size)
-    project = load_project(root)
-    project.config = type(project.config).from_args(args, project.config)
-    token = args.token
-    if not is_loopback(args.host) and not token:
-        token = secrets.token_urlsafe(18)
-    _check_port(args.host, args.port)
+    lock = ProjectLock(root).acquire()  # before anything else: a second server names the first one's PID
+    try:
+        project = load_project(root)
+        project.config = type(project.config).from_args(args, project.config)
+        registry = Annotators(root)
+        names = [u["name"] for u in registry.active()]
+        annotators = registry if registry.users() else None
+        if annotators is not None and args.token:
+            raise CincerError(f"{root} has annotators ({', '.join(names) or 'all revoked'}): each uses their own "
+                              "token from `cincer project user add`, so --token is not used")
+        token = args.token
+        if annotators is None and not is_loopback(args.host) and not token:
+            token = secrets.token_urlsafe(18)
+        _check_port(args.host, args.port)
+    except BaseException:
+        lock.release()
+        raise
 
     import uvicorn
 
     from ..app.server import create_app
 
     print(f"cincer: training the first model on {project.name} …", flush=True)
-    session = Session(project, who=args.user).start()
-    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
-    print(f"cincer: serving {project.name} ({project.config.mode} mode) at {url}"
-          + (f"?token={token}" if token else "") + "  (Ctrl-C to stop)", flush=True)
+    session = Session(project, who=args.user, project_lock=lock, per_user=annotators is not None)
     try:
-        uvicorn.run(create_app(session, token=token), host=args.host, port=args.port, log_level="warning")
+        session.start()
+        app = create_app(session, token=token, annotators=annotators)
+        url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
+        if annotators is not None:
+            print(f"cincer: serving {project.name} ({project.config.mode} mode) at {url} in token mode for "
+                  f"{', '.join(names) or 'nobody (every annotator is revoked)'}: each opens {url}?token=<their token> "
+                  "(`cincer project user add` printed it)  (Ctrl-C to stop)", flush=True)
+        else:
+            print(f"cincer: serving {project.name} ({project.config.mode} mode) at {url}"
+                  + (f"?token={token}" if token else "") + "  (Ctrl-C to stop)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         session.close()
     return 0
