@@ -84,30 +84,35 @@ KERNEL_CHUNK = 65_536  # candidates scored per gather of their cached features
 
 class ModelCache:
     """What the selectors reuse while the model stays the same (one ``version``): the penultimate
-    features and softmax outputs of each pool example, computed once, and the factorised FIMs of the
-    example sets asked for. A new version (a retrain) empties it."""
+    features and softmax outputs of the pool examples asked for, each computed once, and the factorised
+    FIMs of the example sets asked for. A new version (a retrain) empties it.
+
+    Rows are stored compactly, in the order they were first asked for (``_slot`` maps a pool index to its
+    row), so a model with a huge penultimate layer caches only the examples it is asked about.
+    """
 
     def __init__(self, max_solvers: int = 4) -> None:
         self.version: Hashable = None
         self.max_solvers = max_solvers
         self._H: torch.Tensor | None = None
         self._P: torch.Tensor | None = None
-        self._have = np.zeros(0, dtype=bool)
+        self._slot = np.zeros(0, dtype=np.int64)  # pool index -> row of _H/_P, -1 when not cached
+        self._used = 0
         self._solvers: dict[Hashable, Solver] = {}
         self.method: str | None = None  # how the last FIM was built (dense, gram, ekfac, kfac)
 
     def _check(self, version: Hashable, n_pool: int) -> None:
         if version != self.version:
-            self.version, self._H, self._P, self._solvers = version, None, None, {}
-            self._have = np.zeros(n_pool, dtype=bool)
-        elif len(self._have) < n_pool:  # the pool grew
-            self._have = np.concatenate([self._have, np.zeros(n_pool - len(self._have), dtype=bool)])
+            self.version, self._H, self._P, self._solvers, self._used = version, None, None, {}, 0
+            self._slot = np.full(n_pool, -1, dtype=np.int64)
+        elif len(self._slot) < n_pool:  # the pool grew
+            self._slot = np.concatenate([self._slot, np.full(n_pool - len(self._slot), -1, dtype=np.int64)])
 
     def ensure(self, learner: Learner, X: torch.Tensor, idx: np.ndarray, version: Hashable) -> None:
         """Compute the features of the rows of ``idx`` not cached yet, in one forward pass."""
         self._check(version, len(X))
         idx = np.asarray(idx, dtype=np.int64)
-        missing = idx[~self._have[idx]]
+        missing = idx[self._slot[idx] < 0]
         if not len(missing):
             return
         # a small request seen for the first time is computed as the very batch an uncached call would
@@ -120,44 +125,50 @@ class ModelCache:
             todo = np.flatnonzero(need)
         H, P = learner.features_and_probs(X[_rows(todo)])
         if self._H is None and len(todo) == len(X) and np.array_equal(todo, np.arange(len(X))):
-            self._H, self._P = H, P  # the whole pool in order: keep the result, no copy
-        else:
-            if self._H is None or len(self._H) < len(X):
-                self._H, self._P = _grown(self._H, H, len(X)), _grown(self._P, P, len(X))
-            assert self._H is not None and self._P is not None
-            where = _rows(todo, H.device)
-            self._H[where], self._P[where] = H, P
-        self._have[todo] = True
+            self._H, self._P, self._used = H, P, len(X)  # the whole pool in order: keep the result, no copy
+            self._slot = np.arange(len(X), dtype=np.int64)
+            return
+        fresh = np.flatnonzero(self._slot[todo] < 0)  # duplicates within todo are written once
+        _, first = np.unique(todo[fresh], return_index=True)
+        fresh = fresh[first]
+        end = self._used + len(fresh)
+        if self._H is None or end > len(self._H):
+            capacity = min(len(X), max(end, 2 * (0 if self._H is None else len(self._H))))
+            self._H, self._P = _grown(self._H, H, capacity, self._used), _grown(self._P, P, capacity, self._used)
+        assert self._H is not None and self._P is not None
+        rows = torch.as_tensor(fresh, device=H.device)
+        self._H[self._used:end], self._P[self._used:end] = H[rows], P[rows]
+        self._slot[todo[fresh]] = np.arange(self._used, end)
+        self._used = end
 
     def features(self, learner: Learner, X: torch.Tensor, idx: np.ndarray,
                  version: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
-        """``learner.features_and_probs(X[idx])``, each pool row computed once per version (a contiguous
-        range of rows comes back as a view of the cache, no copy)."""
+        """``learner.features_and_probs(X[idx])``, each pool row computed once per version (rows cached
+        contiguously come back as a view of the cache, no copy)."""
         self.ensure(learner, X, idx, version)
         assert self._H is not None and self._P is not None
-        rows = _rows(np.asarray(idx, dtype=np.int64), self._H.device)
+        rows = _rows(self._slot[np.asarray(idx, dtype=np.int64)], self._H.device)
         return self._H[rows], self._P[rows]
 
     def refresh_probs(self, head_probs: Callable[[torch.Tensor], torch.Tensor], version: Hashable) -> None:
         """After a refit of the last layer alone: the features stay, the probabilities are recomputed from
         them, and the cache moves to ``version``. The FIMs stay too: the curvature of the last full fit."""
         if self._H is not None:
-            have = torch.as_tensor(np.flatnonzero(self._have), device=self._H.device)
             assert self._P is not None
-            self._P[have] = head_probs(self._H[have]).to(self._P.dtype)
+            self._P[:self._used] = head_probs(self._H[:self._used]).to(self._P.dtype)
         self.version = version
 
     def probs(self, index: int, version: Hashable) -> np.ndarray | None:
         """The cached softmax output of pool example ``index`` under ``version``, if there is one."""
-        if version != self.version or index >= len(self._have) or not self._have[index]:
+        if version != self.version or index >= len(self._slot) or self._slot[index] < 0:
             return None
         assert self._P is not None
-        return self._P[index].cpu().numpy()
+        return self._P[self._slot[index]].cpu().numpy()
 
     def solver(self, version: Hashable, key: Hashable, build: Callable[[], Solver]) -> Solver:
         """The factorised FIM under ``key`` (its example set and options), built once per version."""
         if version != self.version:
-            self._check(version, len(self._have))
+            self._check(version, len(self._slot))
         if key not in self._solvers:
             if len(self._solvers) >= self.max_solvers:
                 self._solvers.pop(next(iter(self._solvers)))  # oldest first
@@ -173,10 +184,11 @@ def _rows(idx: np.ndarray, device: torch.device | None = None) -> slice | torch.
     return torch.as_tensor(idx, device=device)
 
 
-def _grown(old: torch.Tensor | None, like: torch.Tensor, n: int) -> torch.Tensor:
+def _grown(old: torch.Tensor | None, like: torch.Tensor, n: int, used: int) -> torch.Tensor:
+    """A buffer of ``n`` rows shaped like ``like``, holding the first ``used`` rows of ``old``."""
     out = like.new_empty((n, *like.shape[1:]))
     if old is not None:
-        out[:len(old)] = old
+        out[:used] = old[:used]
     return out
 
 
