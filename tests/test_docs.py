@@ -19,7 +19,8 @@ def test_the_guide_has_the_promised_examples():
     assert len(blocks) >= 6
     joined = "\n".join(blocks)
     for needle in ("fashion_mnist", "audit(", "observe(", "answer(", "register_selector", "counterexamples(",
-                   "read_csv"):
+                   "read_csv", "clone(", "make_pipeline(", "model__", "next_queries(", "batch=", "label_issues(",
+                   ".save(", "Cleaner.load("):
         assert needle in joined, needle
 
 
@@ -40,6 +41,9 @@ def test_guide_code_runs(tmp_path, monkeypatch, capsys):
     fixed = re.search(r"fixed (\d+) labels with 50 questions", out)
     assert fixed and int(fixed.group(1)) >= 40, out  # the ten-line Fashion-MNIST script cleans labels
     assert "ModelError:" in out and "QueryError: query" in out and "already answered" in out
+    assert "InputError: y[1] is None" in out and "k is still 3" in out
+    assert "resumed after 4 answers; files: ['arrays.npz', 'state.json']" in out
+    assert (tmp_path / "review-session" / "state.json").exists()
     assert (tmp_path / "patients.csv").exists()
     large = re.search(r"large data: fixed (\d+) labels with 30 questions; Fisher matrix: (\w+)", out)
     assert large and int(large.group(1)) >= 20 and large.group(2) in ("dense", "gram"), out

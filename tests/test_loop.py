@@ -265,3 +265,64 @@ def test_a_head_refit_keeps_the_features_and_the_curvature(synthetic, monkeypatc
     loop.retrain()
     loop.query(int(order[0]))
     assert rows and solvers  # a full retrain refreshes both
+
+
+def test_a_snapshot_with_the_model_puts_everything_back(synthetic):
+    """restore(snapshot(model=True)) after adds, answers, a retrain and a head refit: the same labels, D, random
+    state, weights and model version, and the same queries as a twin loop that did none of it."""
+    config = quick_config(repeats=1)
+    X = torch.as_tensor(synthetic.X_train[:160])
+    noisy = flip_labels(synthetic.y_train[:160], 0.3, synthetic.n_classes, rng=np.random.default_rng(1))
+
+    def make():
+        learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype)
+        loop = config.new_loop(learner, X[:120], noisy[:120], range(120), np.random.default_rng(0), skip_checked=True)
+        loop.retrain()
+        loop.prepare()
+        return loop
+
+    loop, twin = make(), make()
+    state, version = loop.snapshot(model=True), loop.model_version
+    weights = {k: v.clone() for k, v in loop.learner.model.state_dict().items()}
+    for i in range(120, 150):
+        loop.add(X[i], int(noisy[i]))
+    first = loop.query(int(loop.audit_order()[0]))
+    loop.apply(first, Answer(int(synthetic.y_train[first.index])))
+    loop.rng.random(3)
+    loop.retrain()
+    loop.retrain_head()
+    loop.restore(state)
+    assert loop.model_version == version and len(loop.X) == 120 and list(loop.known) == list(range(120))
+    assert len(loop.checked) == 0 and np.array_equal(loop.labels, noisy[:120])
+    assert all(torch.equal(v, weights[k]) for k, v in loop.learner.model.state_dict().items())
+    assert loop.rng.bit_generator.state == twin.rng.bit_generator.state
+    for mine, theirs in zip(loop.audit_order()[:4], twin.audit_order()[:4]):
+        a, b = loop.query(int(mine)), twin.query(int(theirs))
+        assert a.index == b.index and np.array_equal(a.ranking.indices, b.ranking.indices)
+        np.testing.assert_allclose(a.ranking.scores, b.ranking.scores, rtol=1e-9)
+    with pytest.raises(RuntimeError, match="boom"), loop.transaction(model=True):
+        loop.retrain()
+        raise RuntimeError("boom")
+    assert loop.model_version == version
+    assert all(torch.equal(v, weights[k]) for k, v in loop.learner.model.state_dict().items())
+
+
+def test_the_cache_holds_only_the_rows_asked_for():
+    """A model with a huge penultimate layer (kernel_logreg on images: 614,656 features) must not get a cache
+    the size of the whole pool: rows are stored as they are asked for."""
+    from cincer.select import ModelCache
+
+    class Features:
+        def features_and_probs(self, X):
+            return X.double() * 2, torch.softmax(X[:, :2].double(), dim=1)
+
+    X = torch.arange(30_000.0).reshape(10_000, 3)
+    cache = ModelCache()
+    H, P = cache.features(Features(), X, np.array([5, 9_000, 5, 42]), version=1)
+    torch.testing.assert_close(H, X[[5, 9_000, 5, 42]].double() * 2)
+    H, _ = cache.features(Features(), X, np.array([42, 7]), version=1)
+    torch.testing.assert_close(H, X[[42, 7]].double() * 2)
+    assert len(cache._H) <= 8  # rows for the 4 distinct examples asked for, not for 10,000
+    assert cache.probs(9_000, version=1) is not None and cache.probs(1, version=1) is None
+    cache.features(Features(), X, np.array([1]), version=2)  # a new model: emptied
+    assert cache.probs(9_000, version=2) is None

@@ -34,3 +34,12 @@ class ConflictError(CincerError):
     def __init__(self, message: str, decision: dict | None = None) -> None:
         super().__init__(message)
         self.decision = decision
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (shortened): how an error from outside is reported in ours."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

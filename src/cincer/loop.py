@@ -12,6 +12,7 @@ and the caller decides when to retrain.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -86,6 +87,35 @@ class Update:
     checked: list[int] = field(default_factory=list)  # examples a person has now checked (see CleaningLoop)
 
 
+def check_stages(has_gradients: bool, inspect: Inspector, select: Selector) -> None:
+    """An inspector or selector that differentiates the model needs a PyTorch model (``has_gradients``)."""
+    if select.needs_gradients and not has_gradients:
+        raise ModelError("this selector ranks by gradients over all the parameters and needs a PyTorch model "
+                         "(use top_fisher with a scikit-learn model)")
+    if inspect.needs_gradients and not has_gradients:
+        raise ModelError("this inspector needs gradients over all the parameters, i.e. a PyTorch model "
+                         "(the gradient and fisher inspectors also work with a scikit-learn model)")
+
+
+@dataclass
+class LoopState:
+    """The loop's state at one moment (:meth:`CleaningLoop.snapshot`): the pool's size, the labels, the
+    checked examples, D in arrival order, the random state and the model's version counters; with
+    ``learner_state`` the model's weights too (the learner's own ``snapshot``); ``cache``: what the loop had
+    cached for the model of then (``None``: nothing, e.g. a state read from a checkpoint)."""
+
+    n: int
+    labels: np.ndarray
+    checked: np.ndarray
+    known: np.ndarray
+    rng: dict
+    model_epoch: int
+    head_fits: int
+    learner: Any = None
+    learner_state: Any = None
+    cache: Any = None
+
+
 class CleaningLoop:
     """Holds the pool, the current labels and the known set D; runs CINCER's round.
 
@@ -108,13 +138,7 @@ class CleaningLoop:
         self._known = np.array(known, dtype=np.int64).reshape(-1)  # D, in arrival order (grows geometrically)
         self._n_known = len(self._known)
         self.inspect, self.select, self.rng = as_inspector(inspect), as_selector(select), rng
-        has_gradients = isinstance(getattr(learner, "model", None), torch.nn.Module)
-        if self.select.needs_gradients and not has_gradients:
-            raise ModelError("this selector ranks by gradients over all the parameters and needs a PyTorch model "
-                             "(use top_fisher with a scikit-learn model)")
-        if self.inspect.needs_gradients and not has_gradients:
-            raise ModelError("this inspector needs gradients over all the parameters, i.e. a PyTorch model "
-                             "(the gradient and fisher inspectors also work with a scikit-learn model)")
+        check_stages(isinstance(getattr(learner, "model", None), torch.nn.Module), self.inspect, self.select)
 
     # ----------------------------------------------------------------- state
     @property
@@ -244,6 +268,16 @@ class CleaningLoop:
         return known[audit_order(self.inspect, probs.cpu().numpy(), self.labels[known], self.rng,
                                  self.model_view(known))]
 
+    def suspicious(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`audit_order` with each example's suspicion score (the inspector's; for the margin
+        inspector, the margin) and, for convenience, nothing else changed."""
+        order = self.audit_order()
+        if not len(order):
+            return order, np.zeros(0)
+        _, probs = self._cache.features(self.learner, self.X, order, self.model_version)
+        scores = self.inspect.scores(probs.cpu().numpy(), self.labels[order], self.model_view(order))
+        return order, np.asarray(scores, dtype=np.float64)
+
     def model_view(self, rows: Any) -> ModelView | None:
         """What an inspector that scores with the model sees of pool rows ``rows`` (the current model, labels
         and D; features from this model's cache); ``None`` for an inspector of probabilities alone."""
@@ -303,16 +337,52 @@ class CleaningLoop:
             else:
                 self._admit(index)
 
+    def snapshot(self, *, model: bool = False) -> LoopState:
+        """The state :meth:`restore` puts back; ``model=True`` includes the model's weights (a learner
+        without ``snapshot`` keeps whatever its model became)."""
+        n = self._n
+        state = LoopState(n, self._labels[:n].copy(), self._checked[:n].copy(), self.known,
+                          dict(self.rng.bit_generator.state), self._model_epoch, self._head_fits, self._learner,
+                          cache=(self._cache.version, _copy_cache(self._cache)))
+        if model and hasattr(self._learner, "snapshot"):
+            state.learner_state = self._learner.snapshot()
+        return state
+
+    def restore(self, state: LoopState) -> None:
+        """Back to ``state`` (of this loop): pool size, labels, checked examples, D, random state, model
+        counters, and the weights when the snapshot has them. What was cached for the model of then is kept
+        when that model is still the current one, else the cache starts empty."""
+        n = state.n
+        self._n = n
+        self._labels[:n], self._checked[:n] = state.labels, state.checked
+        self._known, self._n_known = state.known.copy(), len(state.known)
+        self.rng.bit_generator.state = state.rng
+        self._learner, self._model_epoch, self._head_fits = state.learner, state.model_epoch, state.head_fits
+        if state.learner_state is not None:
+            state.learner.restore(state.learner_state)
+        # a cache of the same model version only gained rows or FIMs (dropped with the copy's bookkeeping);
+        # a newer one may have rewritten probabilities in place (a head refit): start afresh
+        version, cache = state.cache if state.cache is not None else (None, None)
+        self._cache = cache if cache is not None and self._cache.version == version else ModelCache()
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Everything inside happens, or nothing: on an exception the pool, labels, D and the random
-        state are restored (the model is the caller's to restore)."""
-        n, labels, known, checked = self._n, self._labels[:self._n].copy(), self.known, self._checked[:self._n].copy()
-        rng_state = self.rng.bit_generator.state
+    def transaction(self, *, model: bool = False) -> Iterator[None]:
+        """Everything inside happens, or nothing: on an exception the pool, labels, checked examples, D and
+        the random state are restored, and with ``model=True`` the model's weights (else the model is the
+        caller's to restore)."""
+        state = self.snapshot(model=model)
         try:
             yield
         except BaseException:
-            self._n, self._known, self._n_known = n, known, len(known)
-            self._labels[:n], self._checked[:n] = labels, checked
-            self.rng.bit_generator.state = rng_state
+            self.restore(state)
             raise
+
+
+def _copy_cache(cache: ModelCache) -> ModelCache:
+    """A copy of the cache's bookkeeping (which rows and FIMs it has) sharing its tensors: what the cache
+    later adds is not in the copy's books, so the copy is the cache as it was."""
+    saved = copy.copy(cache)
+    for name, value in vars(cache).items():
+        if isinstance(value, (np.ndarray, dict, list, set)):
+            setattr(saved, name, copy.copy(value))
+    return saved

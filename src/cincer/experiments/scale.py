@@ -169,7 +169,8 @@ def case_counterexamples(cfg: ScaleConfig) -> dict:
     y = (X @ w + 0.5 * g.normal(size=cfg.n_rows) > 0).astype(np.int64)
     torch.manual_seed(cfg.seed)
     model = nn.Sequential(nn.Linear(50, 64), nn.ReLU(), nn.Linear(64, 2)).double()
-    Cleaner(model, train_config=TrainConfig(epochs=3, batch_size=128), retrain="defer").fit(X[:10_000], y[:10_000])
+    model = Cleaner(model, train_config=TrainConfig(epochs=3, batch_size=128), retrain="defer").fit(
+        X[:10_000], y[:10_000]).model_  # the Cleaner trains a copy
     x, target = X[0] + 0.5, int(1 - y[0])
     reset_peak()
     base = _peak_rss_bytes() or 0

@@ -39,18 +39,37 @@ def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, config: TrainConfi
     loss_fn = nn.CrossEntropyLoss()
     y = y.to(X.device)  # labels often arrive as a CPU tensor from NumPy
     n = len(y)
+    # a last batch of one joins the previous one only for a model with BatchNorm (which cannot train on one
+    # example); any other model keeps the batches of the paper's runs, so their traces stay bit for bit
+    bounds = batch_bounds(n, config.batch_size, merge_single=has_batchnorm(model))
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout masks
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator)
-            for start in range(0, n, config.batch_size):
-                batch = order[start:start + config.batch_size]
+            for start, end in bounds:
+                batch = order[start:end]
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model(X[batch]), y[batch]).backward()
                 optimizer.step()
     model.eval()
     return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a batch-normalisation layer (which cannot train on a batch of one example)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def batch_bounds(n: int, batch_size: int, *, merge_single: bool = False) -> list[tuple[int, int]]:
+    """``(start, end)`` of each mini-batch of an epoch over ``n`` examples. With ``merge_single`` a last
+    batch of one example joins the one before it: BatchNorm refuses a batch of one in training. Only
+    then: for other models a batch of one is harmless, and merging would change the paper's runs (their
+    traces are checked bit for bit)."""
+    starts = list(range(0, n, batch_size))
+    if merge_single and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(start, starts[i + 1] if i + 1 < len(starts) else n) for i, start in enumerate(starts)]
 
 
 @torch.no_grad()
