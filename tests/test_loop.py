@@ -175,17 +175,23 @@ def test_noise_flips_exact_fraction_to_other_classes():
     assert len(np.unique(flipped_to[flipped_to != y])) == 5  # uniform over the other classes
 
 
-def test_features_and_fim_are_cached_per_model_version(synthetic, monkeypatch):
-    """On a frozen model a query costs no forward pass and no new FIM; any change of model empties the cache,
-    and a cached ranking equals the uncached one."""
-    import cincer.select as select
-
+def _trained_loop(synthetic):
+    """A loop over 150 synthetic examples (30% noise, all known) with its model trained."""
     config = quick_config(repeats=1)
     X = torch.as_tensor(synthetic.X_train[:150])
     noisy = flip_labels(synthetic.y_train[:150], 0.3, synthetic.n_classes, rng=np.random.default_rng(1))
     learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype)
     loop = config.new_loop(learner, X, noisy, range(150), np.random.default_rng(0))
     loop.retrain()
+    return loop, learner, X, noisy
+
+
+def test_features_and_fim_are_cached_per_model_version(synthetic, monkeypatch):
+    """On a frozen model a query costs no forward pass and no new FIM; any change of model empties the cache,
+    and a cached ranking equals the uncached one."""
+    import cincer.select as select
+
+    loop, learner, X, noisy = _trained_loop(synthetic)
     rows, solvers = [], []
     real_features, real_solver = learner.features_and_probs, select.top_layer_solver
     monkeypatch.setattr(learner, "features_and_probs", lambda X: rows.append(len(X)) or real_features(X))
@@ -242,12 +248,7 @@ def test_a_checked_example_is_never_asked_about_or_shown_again(synthetic):
 def test_a_head_refit_keeps_the_features_and_the_curvature(synthetic, monkeypatch):
     import cincer.select as select
 
-    config = quick_config(repeats=1)
-    X = torch.as_tensor(synthetic.X_train[:150])
-    noisy = flip_labels(synthetic.y_train[:150], 0.3, synthetic.n_classes, rng=np.random.default_rng(1))
-    learner = config.new_learner(X.shape[1:], synthetic.n_classes, seed=0, dtype=X.dtype)
-    loop = config.new_loop(learner, X, noisy, range(150), np.random.default_rng(0))
-    loop.retrain()
+    loop, learner, X, noisy = _trained_loop(synthetic)
     loop.prepare()
     first = loop.query(int(loop.audit_order()[0]))
     loop.apply(first, Answer(int(synthetic.y_train[first.index])))

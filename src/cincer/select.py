@@ -385,6 +385,19 @@ def all_parameter_ranking(ctx: SelectionContext, apply_inverse: Callable[[torch.
                                                        ctx.label_tensor(candidates)))
 
 
+def _approximate_fisher_selector(solver: Callable[[SelectionContext, np.ndarray], Solver],
+                                 fim_samples: int | None) -> Selector:
+    """An all-parameter Fisher-kernel selector whose FIM approximation ``solver(ctx, examples)`` makes
+    (cached per model): over ``fim_samples`` random known examples, or all of D, built ahead at ``prepare``."""
+    def select(ctx: SelectionContext) -> Ranking:
+        return all_parameter_ranking(ctx, solver(ctx, sample_indices(ctx.known, fim_samples, ctx.rng)).solve)
+
+    def prepare(ctx: SelectionContext) -> None:
+        if fim_samples is None:
+            solver(ctx, ctx.known)
+    return Selector(select, needs_gradients=True, prepare=prepare)
+
+
 @SELECTORS.register("full_fisher")
 def full_fisher_selector(fim_samples: int | None = None, damping: float = 0.0,
                          max_params: int = 20_000) -> Selector:
@@ -444,13 +457,7 @@ def approx_fisher(fim_samples: int | None = None, damping: float = 0.0) -> Selec
         return _cached_solver(ctx, ("approx_fisher", _examples_key(examples), damping), lambda: DiagonalFisherSolver(
             fisher_diagonal(ctx.model, ctx.X[examples]), damping=damping))
 
-    def select(ctx: SelectionContext) -> Ranking:
-        return all_parameter_ranking(ctx, solver(ctx, sample_indices(ctx.known, fim_samples, ctx.rng)).solve)
-
-    def prepare(ctx: SelectionContext) -> None:
-        if fim_samples is None:
-            solver(ctx, ctx.known)
-    return Selector(select, needs_gradients=True, prepare=prepare)
+    return _approximate_fisher_selector(solver, fim_samples)
 
 
 @SELECTORS.register("block_fisher")
@@ -489,13 +496,7 @@ def block_fisher(fim_samples: int | None = None, block_damping: float = 1e-2, ma
         return _cached_solver(ctx, ("block_fisher", _examples_key(examples), block_damping), lambda: BlockFisherSolver(
             blocks, fisher_blocks(ctx.model, ctx.X[examples], blocks), damping=block_damping))
 
-    def select(ctx: SelectionContext) -> Ranking:
-        return all_parameter_ranking(ctx, solver(ctx, sample_indices(ctx.known, fim_samples, ctx.rng)).solve)
-
-    def prepare(ctx: SelectionContext) -> None:
-        if fim_samples is None:
-            solver(ctx, ctx.known)
-    return Selector(select, needs_gradients=True, prepare=prepare)
+    return _approximate_fisher_selector(solver, fim_samples)
 
 
 def _examples_key(examples: np.ndarray) -> str:
