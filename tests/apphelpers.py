@@ -174,3 +174,15 @@ def digit_images(folder: Path, n: int = 80, *, flip: int = 10, seed: int = 0, na
         Image.fromarray(pixels).resize((64, 64), Image.NEAREST).save(folder / name)
         rows.append({"file": name, "label": labels[j]})
     return rows
+
+
+def query_id(page) -> str:
+    """The id of the query a browser page shows."""
+    return page.get_attribute("#main", "data-query-id") or ""
+
+
+def wait_new_query(page, old: str, *, timeout: int = 20000) -> str:
+    """Wait until the page shows a query other than ``old``; its id."""
+    page.wait_for_function("(old) => { const m = document.querySelector('#main');"
+                           " return m && m.dataset.queryId && m.dataset.queryId !== old; }", arg=old, timeout=timeout)
+    return query_id(page)

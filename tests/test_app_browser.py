@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apphelpers import ServerProcess, small_demo
+from apphelpers import ServerProcess, query_id, small_demo, wait_new_query
 
 pytestmark = pytest.mark.slow
 
@@ -41,16 +41,6 @@ def page():
         context = browser.new_context(viewport={"width": 1100, "height": 820}, device_scale_factor=1)
         yield context.new_page()
         browser.close()
-
-
-def query_id(page) -> str:
-    return page.get_attribute("#main", "data-query-id") or ""
-
-
-def wait_new_query(page, old: str) -> str:
-    page.wait_for_function("(old) => { const m = document.querySelector('#main');"
-                           " return m && m.dataset.queryId && m.dataset.queryId !== old; }", arg=old, timeout=15000)
-    return query_id(page)
 
 
 def test_keyboard_session_undo_and_reload(server, page):

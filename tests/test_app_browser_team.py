@@ -16,7 +16,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apphelpers import CHROMIUM, CHROMIUM_ARGS, ThreadServer, breast_frame, digit_images, review_texts, small_demo
+from apphelpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ThreadServer,
+    breast_frame,
+    digit_images,
+    query_id,
+    review_texts,
+    small_demo,
+    wait_new_query,
+)
 from cincer.app import Session, load_project
 from cincer.app.project import SessionConfig, init_project
 from cincer.app.server import create_app
@@ -61,16 +71,6 @@ def new_page(browser, **kw):
     page.on("pageerror", lambda err: page.errors.append(str(err)))
     page.on("dialog", lambda dialog: (page.errors.append(f"dialog: {dialog.message}"), dialog.dismiss()))
     return page
-
-
-def query_id(page) -> str:
-    return page.get_attribute("#main", "data-query-id") or ""
-
-
-def wait_new_query(page, old: str) -> str:
-    page.wait_for_function("(old) => { const m = document.querySelector('#main');"
-                           " return m && m.dataset.queryId && m.dataset.queryId !== old; }", arg=old, timeout=20000)
-    return query_id(page)
 
 
 def text_of(page, selector: str) -> str:
