@@ -15,6 +15,7 @@ from .api import Cleaner, LabelQuery, counterexamples
 from .data import DATASETS, Dataset, flip_labels, load_dataset
 from .errors import CincerError, ConflictError, InputError, ModelError, NotFoundError, QueryError
 from .inspect import INSPECTORS, Inspector, ModelView
+from .issues import find_label_issues
 from .learners import Learner, SklearnLearner, TorchLearner, make_learner
 from .loop import Answer, CleaningLoop, OracleAnnotator, Query
 from .models import MODELS, TrainConfig, build_model
@@ -27,7 +28,8 @@ __all__ = [
     "Answer", "CincerError", "Cleaner", "CleaningLoop", "ConflictError", "DATASETS", "Dataset", "INSPECTORS",
     "InputError", "Inspector", "LabelQuery", "Learner", "MODELS", "ModelError", "ModelView", "NotFoundError",
     "OracleAnnotator", "Query", "QueryError", "Ranking", "RunConfig", "SELECTORS", "Selector", "SklearnLearner",
-    "TorchLearner", "TrainConfig", "build_model", "counterexamples", "flip_labels", "load_dataset", "load_plugins",
+    "TorchLearner", "TrainConfig", "build_model", "counterexamples", "find_label_issues", "flip_labels", "load_dataset",
+    "load_plugins",
     "make_learner", "register_inspector", "register_selector", "run",
 ]
 

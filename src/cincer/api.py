@@ -92,6 +92,22 @@ class LabelQuery:
                 "reason": self.reason}
 
 
+@dataclass
+class Issues:
+    """The label issues of a fitted cleaner (:meth:`Cleaner.label_issues`), most suspicious first: pool
+    indices, their current labels and the model's predictions (class indices), the suspicion scores, each
+    one's counter-examples (at most ``k``, best first, with their scores), whether the probabilities were
+    out of fold, and the share of D whose prediction disagrees with its label (an estimate of the noise)."""
+
+    order: np.ndarray
+    labels: np.ndarray
+    predicted: np.ndarray
+    scores: np.ndarray
+    rankings: list[Ranking]
+    out_of_fold: bool
+    disagreement: float
+
+
 def _show(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
@@ -110,6 +126,12 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise CincerError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_cv(cv: Any) -> int | None:
+    if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
+        raise CincerError(f"cv must be an integer of at least 2 (the number of folds), got {cv!r}")
+    return None if cv is None else int(cv)
 
 
 def _seed(value: Any) -> int:
@@ -595,8 +617,7 @@ class Cleaner(BaseEstimator):
         the start of the audit; the audit ends if an example is observed meanwhile.
         """
         budget = _positive_int("budget", budget)
-        if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
-            raise CincerError(f"cv must be an integer of at least 2 (the number of folds), got {cv!r}")
+        cv = _check_cv(cv)
         if batch is not None:
             batch = _positive_int("batch", batch)
         if X is None and y is not None:
@@ -671,7 +692,7 @@ class Cleaner(BaseEstimator):
 
     # ----------------------------------------------------------------- review
 
-    def label_issues(self, max_issues: int | None = None) -> Any:
+    def label_issues(self, max_issues: int | None = None, *, cv: int | None = None) -> Any:
         """The examples the inspector flags, most suspicious first, as a pandas DataFrame (like cleanlab's
         ``find_label_issues(..., return_indices_ranked_by=...)``), for a review in a notebook.
 
@@ -679,28 +700,61 @@ class Cleaner(BaseEstimator):
         (the model's prediction), ``suspicion`` (the inspector's score; for the margin inspector, the
         margin) and ``counterexamples`` (up to ``k`` pool indices, best first). Examples a person has
         checked are left out. Nothing changes: no query is registered and the random state is kept.
+
+        ``cv=K``: out of fold, as :meth:`audit` with ``cv=K``: K fold models are trained (each without one
+        stratified fold), each example is judged by the probabilities of the model that did not train on
+        it and its counter-examples come from that model's training examples. The fold models are not kept.
+        :func:`cincer.find_label_issues` is the same table for a file or a DataFrame.
         """
         import pandas as pd
 
+        found = self._issues(max_issues, cv)
+        return pd.DataFrame({"given_label": [_show(c) for c in self.classes_[found.labels]],
+                             "suggested_label": [_show(c) for c in self.classes_[found.predicted]],
+                             "suspicion": found.scores,
+                             "counterexamples": [[int(i) for i in r.indices] for r in found.rankings]},
+                            index=pd.Index(found.order, name="index"))
+
+    def _issues(self, max_issues: int | None, cv: int | None) -> Issues:
+        """What :meth:`label_issues` shows, with the counter-examples' scores and the share of D whose
+        (out-of-fold, with ``cv``) prediction disagrees with its label; changes nothing."""
         self._check_fitted()
         limit = None if max_issues is None else _positive_int("max_issues", max_issues)
+        cv = _check_cv(cv)
         loop = self.loop_
-        rng_state = loop.rng.bit_generator.state
+        rng_state, folds = loop.rng.bit_generator.state, self.folds_
         try:
-            order, scores = loop.suspicious()
+            known = loop.known
+            if cv is None:
+                order, scores = loop.suspicious()
+                probs = np.zeros((len(loop.labels), len(self.classes_)))
+                if len(known):
+                    probs[known] = self.learner_.predict_proba(loop.X[known])
+                rankers = [loop] * len(order)
+            else:
+                if loop.inspect.needs_model:
+                    raise CincerError(f"cv={cv}: out-of-fold issues are ordered by out-of-fold probabilities, and "
+                                      f"the inspector {self.inspector!r} scores with the model (use cv=None)")
+                fold_of, probs = self._cross_fit(cv)
+                order = known[audit_order(loop.inspect, probs[known], loop.labels[known], loop.rng)]
+                scores = loop.inspect.scores(probs[order], loop.labels[order])
+                rankers = [self.folds_[fold_of[i]] for i in order]
             keep = ~np.isin(order, loop.checked)
-            order, scores = order[keep][:limit], scores[keep][:limit]
-            probs = self.learner_.predict_proba(loop.X[order]) if len(order) else np.zeros((0, len(self.classes_)))
-            predicted = probs.argmax(axis=1)
-            ranked = [loop.rank(int(i), int(p)).indices[:self.k] if p != loop.labels[i] else np.zeros(0, np.int64)
-                      for i, p in zip(order, predicted)]
+            order = np.asarray(order, dtype=np.int64)[keep][:limit]
+            scores = np.asarray(scores, dtype=np.float64)[keep][:limit]
+            rankers = [r for r, kept in zip(rankers, keep) if kept][:limit]
+            predicted = probs[order].argmax(axis=1) if len(order) else np.zeros(0, np.int64)
+            rankings = [r.rank(int(i), int(p)) if p != loop.labels[i] else Ranking.empty()
+                        for r, i, p in progress.track(zip(rankers, order, predicted), total=len(order),
+                                                      desc="counter-examples", unit="issue")]
+            rankings = [Ranking(r.indices[:self.k].astype(np.int64), np.asarray(r.scores[:self.k], np.float64))
+                        for r in rankings]
+            disagree = float(np.mean(probs[known].argmax(axis=1) != loop.labels[known])) if len(known) else 0.0
+            return Issues(order, np.asarray(loop.labels[order], dtype=np.int64), predicted.astype(np.int64), scores,
+                          rankings, cv is not None, disagree)
         finally:
             loop.rng.bit_generator.state = rng_state
-        return pd.DataFrame({"given_label": [_show(c) for c in self.classes_[loop.labels[order]]],
-                             "suggested_label": [_show(c) for c in self.classes_[predicted]],
-                             "suspicion": np.asarray(scores, dtype=np.float64),
-                             "counterexamples": [[int(i) for i in r] for r in ranked]},
-                            index=pd.Index(np.asarray(order, dtype=np.int64), name="index"))
+            self.folds_ = folds
 
     # ----------------------------------------------------------------- checkpoints
 

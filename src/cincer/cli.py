@@ -22,6 +22,7 @@ COMMANDS = [
     "cincer.commands.sweep",
     "cincer.commands.plot",
     "cincer.commands.compare",
+    "cincer.commands.audit",
 ]
 THREADS_ENV = "CINCER_THREADS"
 

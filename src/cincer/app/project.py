@@ -8,6 +8,9 @@ Layout of ``DIR``::
                      raw (a table's model features before standardising), shown_num / shown_cat /
                      shown_cat_missing (a table's values as given, for display), pixels (demo images),
                      y_clean (demo only)
+    audit.json       with ``--from-audit``: the review queue, the issues of a ``cincer audit`` table in its
+                     order (pool index, suggested class, suspicion, out-of-fold flag, counter-examples with
+                     their scores)
     keys.json        each example's source key (the ``--id`` value, the image's file name, else the
                      0-based row number of the input file) and its row number, for the pool and the
                      held-out rows: what ``cincer export`` joins back to the user's file
@@ -25,6 +28,7 @@ is being served. The server only reads the folder (the session writes the store)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -44,13 +48,14 @@ from ..cleaning import CleaningConfig
 from ..config import one_of, option
 from ..errors import CincerError
 from ..models import TrainConfig
+from ..tables import read_images, read_table, text_features
 from .lock import ProjectLock
 
 PROJECT_FILE = "project.json"
 STORE_FILE = "cincer.sqlite"
 KEYS_FILE = "keys.json"
 INSTRUCTIONS_FILE = "instructions.md"
-IMAGE_SIZE = 28
+AUDIT_FILE = "audit.json"
 COMMAND_KEYS = ("a", "n", "s", "u", "?")  # accept, next-best, skip, undo, help: never a class's key
 DIGIT_KEYS = "1234567890"  # free digits go to classes in this order (as on the keyboard)
 LETTER_KEYS = "".join(c for c in "bcdefghijklmopqrtvwxyz" if c not in COMMAND_KEYS)
@@ -110,6 +115,7 @@ class Project:
     shown_num: np.ndarray | None = None
     shown_cat: np.ndarray | None = None
     shown_cat_missing: np.ndarray | None = None
+    audit: list[dict] | None = None  # the review queue of a project made --from-audit (see AUDIT_FILE)
 
     @property
     def n(self) -> int:
@@ -144,6 +150,8 @@ class Project:
             h.update(str((a.dtype.str, a.shape)).encode())
             h.update(a.tobytes())
         h.update(json.dumps([self.class_names, self.keys]).encode())
+        if self.audit is not None:  # another audit is another review queue
+            h.update(json.dumps(self.audit).encode())
         return h.hexdigest()[:32]
 
     def image_png(self, index: int) -> bytes:
@@ -200,9 +208,10 @@ def load_project(root: str | Path) -> Project:
         data = np.load(root / "data.npz", allow_pickle=False)
         keys = json.loads((root / KEYS_FILE).read_text()) if (root / KEYS_FILE).is_file() else {}
         texts = json.loads((root / "texts.json").read_text()) if (root / "texts.json").is_file() else None
+        audit = json.loads((root / AUDIT_FILE).read_text())["issues"] if (root / AUDIT_FILE).is_file() else None
         instructions = (root / INSTRUCTIONS_FILE).read_text(encoding="utf-8") \
             if (root / INSTRUCTIONS_FILE).is_file() else None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise CincerError(f"cannot read project {root}: {err}") from None
     get = lambda key: data[key] if key in data.files else None
     y_test = get("y_test")
@@ -219,7 +228,8 @@ def load_project(root: str | Path) -> Project:
         keys=keys.get("pool"), keys_test=keys.get("holdout"), rows=keys.get("pool_rows"),
         rows_test=keys.get("holdout_rows"), key_column=meta.get("key_column"), hotkey_config=hotkeys,
         instructions=instructions, columns=meta.get("columns"), feature_columns=meta.get("feature_columns"),
-        shown_num=get("shown_num"), shown_cat=get("shown_cat"), shown_cat_missing=get("shown_cat_missing"))
+        shown_num=get("shown_num"), shown_cat=get("shown_cat"), shown_cat_missing=get("shown_cat_missing"),
+        audit=audit)
     project.hotkeys  # noqa: B018 - a bad hotkey set by hand in project.json is reported now
     if project.keys is not None and len(project.keys) != project.n:
         raise CincerError(f"{root / KEYS_FILE}: {len(project.keys)} keys for {project.n} examples")
@@ -231,9 +241,11 @@ def save_project(root: Path, *, name: str, kind: str, class_names: list[str], ar
                  image_files: bool = False, config: SessionConfig | None = None, source: str = "",
                  keys: dict | None = None, key_column: str | None = None, hotkeys: dict | None = None,
                  instructions: str | None = None, columns: list[dict] | None = None,
-                 feature_columns: list[int] | None = None) -> Path:
+                 feature_columns: list[int] | None = None, audit: dict | None = None) -> Path:
     """Write a project's files into ``root`` (an empty folder: see :func:`_build`); project.json last."""
     root.mkdir(parents=True, exist_ok=True)
+    if audit is not None:
+        (root / AUDIT_FILE).write_text(json.dumps(audit))
     np.savez(root / "data.npz", **{k: v for k, v in arrays.items() if v is not None})
     if texts is not None:
         (root / "texts.json").write_text(json.dumps(texts))
@@ -355,12 +367,14 @@ def init_project(root: str | Path, *, data: str | Path, labels: str | None, imag
                  text: str | None = None, files: str | None = None, holdout: float = 0.0,
                  n_known: int | None = None, seed: int = 0, config: SessionConfig | None = None,
                  force: bool = False, id_column: str | None = None, classes: list[str] | None = None,
-                 hotkeys: dict[str, str] | None = None, instructions: str | Path | None = None) -> Path:
-    """``cincer project init``: read CSV/Parquet (tabular, text or image labels) or ``.npz`` (X, y)."""
+                 hotkeys: dict[str, str] | None = None, instructions: str | Path | None = None,
+                 from_audit: str | Path | None = None) -> Path:
+    """``cincer project init``: read CSV/Parquet (tabular, text or image labels) or ``.npz`` (X, y);
+    ``from_audit``: a ``cincer audit`` table of the same data, whose issues become the review queue."""
     return build_project(root, data=data, labels=labels, images=images, text=text, files=files,
                                holdout=holdout, n_known=n_known, seed=seed, config=config, force=force,
                                id_column=id_column, classes=classes, hotkeys=hotkeys,
-                               instructions=instructions)[0]
+                               instructions=instructions, from_audit=from_audit)[0]
 
 
 def build_project(root: str | Path, *, data: str | Path, labels: str | None,
@@ -368,12 +382,21 @@ def build_project(root: str | Path, *, data: str | Path, labels: str | None,
                         holdout: float = 0.0, n_known: int | None = None, seed: int = 0,
                         config: SessionConfig | None = None, force: bool = False, id_column: str | None = None,
                         classes: list[str] | None = None, hotkeys: dict[str, str] | None = None,
-                        instructions: str | Path | None = None) -> tuple[Path, Path | None]:
+                        instructions: str | Path | None = None,
+                        from_audit: str | Path | None = None) -> tuple[Path, Path | None]:
     """:func:`init_project`, also returning where an old project was moved (``--force``), if anywhere."""
     root, data = Path(root), Path(data)
     check_target(root, force=force)
-    if not data.is_file():
+    if not data.is_file() and not data.is_dir():
         raise CincerError(f"--data {data}: no such file")
+    audit = None
+    if from_audit is not None:
+        if data.suffix == ".npz":
+            raise CincerError("--from-audit needs the audited table as --data (CSV/TSV/Parquet), not .npz")
+        if holdout > 0:
+            raise CincerError("--from-audit reviews the audit's rows: a --holdout would hold some of them out")
+        audit = read_audit(from_audit)
+        config = dataclasses.replace(config or SessionConfig(), mode="audit")
     if not 0.0 <= holdout < 0.9:
         raise CincerError(f"--holdout must be in [0, 0.9), got {holdout}")
     guide = None
@@ -388,7 +411,7 @@ def build_project(root: str | Path, *, data: str | Path, labels: str | None,
     def build(tmp: Path) -> Path:
         return _build_project(tmp, data=data, labels=labels, images=images, text=text, files=files,
                               holdout=holdout, n_known=n_known, seed=seed, config=config, id_column=id_column,
-                              classes=classes, hotkeys=hotkeys, instructions=guide)
+                              classes=classes, hotkeys=hotkeys, instructions=guide, audit=audit)
 
     return _build(root, build, force=force)
 
@@ -396,7 +419,7 @@ def build_project(root: str | Path, *, data: str | Path, labels: str | None,
 def _build_project(root: Path, *, data: Path, labels: str | None, images: str | Path | None, text: str | None,
                    files: str | None, holdout: float, n_known: int | None, seed: int,
                    config: SessionConfig | None, id_column: str | None, classes: list[str] | None,
-                   hotkeys: dict[str, str] | None, instructions: str | None) -> Path:
+                   hotkeys: dict[str, str] | None, instructions: str | None, audit: AuditTable | None = None) -> Path:
     texts = feature_names = columns = feature_columns = None
     image_files = False
     key_column = None
@@ -442,7 +465,7 @@ def _build_project(root: Path, *, data: Path, labels: str | None, images: str | 
             files = files or next((c for c in frame.columns if c not in (labels, id_column)), None)
             if files is None or files not in frame.columns:
                 raise CincerError(f"--files: column {files!r} not in the labels file")
-            X = _read_images(frame, Path(images), files, root)
+            X = read_images(frame, Path(images), files, copies=root / "images")
             if id_column is None:  # an image folder is keyed by file name
                 names = frame[files].astype(str)
                 if names.duplicated().any():
@@ -495,7 +518,9 @@ def _build_project(root: Path, *, data: Path, labels: str | None, images: str | 
                         n_known=n_known, feature_names=feature_names, texts=texts, image_files=image_files,
                         config=config, source=str(data.resolve()), keys=key_file, key_column=key_column,
                         hotkeys=hotkeys, instructions=instructions, columns=columns,
-                        feature_columns=feature_columns)
+                        feature_columns=feature_columns,
+                        audit=None if audit is None else audit.queue(key_file, key_column, id_column, arrays["y"],
+                                                                     class_names))
 
 
 def _plain(value: Any) -> Any:
@@ -539,19 +564,99 @@ def _classes(y_raw: np.ndarray, order: list[str] | None) -> tuple[list[str], lis
     return values, names
 
 
-def text_features(texts: list[str], *, seed: int = 0, dim: int = 64) -> np.ndarray:
-    """TF-IDF then TruncatedSVD (LSA), standardised: a numeric input without the optional embedding model."""
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
+@dataclass
+class AuditTable:
+    """A ``cincer audit`` table (and the options of its ``.json``, when beside it)."""
 
+    path: Path
+    frame: Any
+    k: int
+    id_column: str | None  # the --id of the audit, when its .json says; else unknown (None, known_id False)
+    known_id: bool
+
+    def queue(self, key_file: dict, key_column: str | None, id_column: str | None, y: np.ndarray,
+              class_names: list[str]) -> dict:
+        """The issues as pool indices, in the audit's order: what :data:`AUDIT_FILE` holds. The audit's keys
+        are matched to the project's: its ``--id`` values, else the input's row numbers."""
+        name = self.path.name
+        if self.known_id and self.id_column != id_column:
+            said = "row numbers" if self.id_column is None else f"--id {self.id_column}"
+            raise CincerError(f"--from-audit {name} is keyed by {said}: give the project the same "
+                              + ("--id" if self.id_column is None else f"--id {self.id_column}")
+                              + (" (none)" if self.id_column is None else ""))
+        by_id = id_column is not None
+        pool_keys = key_file["pool"] if by_id else key_file["pool_rows"]
+        lookup = {_key_text(k): i for i, k in enumerate(pool_keys)}
+        classes = {c: i for i, c in enumerate(class_names)}
+
+        def index(key: Any, what: str) -> int:
+            found = lookup.get(_key_text(key))
+            if found is None:
+                raise CincerError(f"--from-audit {name}: {what} {_plain(key)!r} is not a "
+                                  + ("key" if by_id else "row number") + " of the labelled rows of --data "
+                                  "(audit the same table, with the same --id)")
+            return found
+
+        issues = []
+        for row in self.frame.itertuples(index=False):
+            values = row._asdict()
+            i = index(values["key"], "key")
+            given, suggested = str(_plain(values["given_label"])), str(_plain(values["suggested_label"]))
+            if class_names[int(y[i])] != given:
+                raise CincerError(f"--from-audit {name}: key {_plain(values['key'])!r} is labelled {given!r} in the "
+                                  f"audit but {class_names[int(y[i])]!r} in --data (an audit of other labels?)")
+            if suggested not in classes:
+                raise CincerError(f"--from-audit {name}: suggested label {suggested!r} is not a class of --data")
+            counter = []
+            for j in range(1, self.k + 1):
+                key, score = values[f"counterexample_{j}_key"], values[f"counterexample_{j}_score"]
+                if _missing(key):
+                    break
+                counter.append([index(key, "counter-example key"), float(score)])
+            issues.append({"index": i, "suggested": classes[suggested], "suspicion": float(values["suspicion"]),
+                           "out_of_fold": bool(values["out_of_fold"]), "counterexamples": counter})
+        return {"source": str(self.path.resolve()), "id": id_column, "issues": issues}
+
+
+def read_audit(path: str | Path) -> AuditTable:
+    """A table written by ``cincer audit`` (CSV/TSV/Parquet), checked against the shared schema."""
+    path = Path(path)
     try:
-        tfidf = TfidfVectorizer(min_df=1, sublinear_tf=True).fit_transform(texts)
-    except ValueError as err:
-        raise CincerError(f"--text: cannot build features ({err})") from None
-    k = max(1, min(dim, tfidf.shape[1] - 1, len(texts) - 1))
-    Z = TruncatedSVD(n_components=k, random_state=seed).fit_transform(tfidf) if k < tfidf.shape[1] else tfidf.toarray()
-    Z = (Z - Z.mean(axis=0)) / np.where(Z.std(axis=0) > 0, Z.std(axis=0), 1.0)
-    return Z.astype(np.float32)
+        frame = read_table(path)
+    except CincerError as err:
+        raise CincerError(f"--from-audit {err}") from None
+    required = ["key", "given_label", "suggested_label", "suspicion", "out_of_fold"]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise CincerError(f"--from-audit {path.name}: not a `cincer audit` table (no column {missing[0]!r})")
+    k = 0
+    while {f"counterexample_{k + 1}_{part}" for part in ("key", "label", "score")} <= set(frame.columns):
+        k += 1
+    frame = frame.rename(columns=lambda c: str(c))
+    if frame["key"].isna().any() or frame["key"].map(_key_text).duplicated().any():
+        raise CincerError(f"--from-audit {path.name}: keys must be present and unique")
+    if not len(frame):
+        raise CincerError(f"--from-audit {path.name}: the audit found no issues: nothing to review")
+    meta, known_id, id_column = path.with_name(path.name + ".json"), False, None
+    if meta.is_file():
+        try:
+            options = json.loads(meta.read_text())["options"]
+            id_column, known_id = options.get("id"), True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not the audit's configuration: match keys to --id as given
+    return AuditTable(path, frame, k, id_column, known_id)
+
+
+def _key_text(key: Any) -> str:
+    """A key as text, so that 7, 7.0, np.int64(7) and "7" (CSV and Parquet readings) match."""
+    return str(_plain(key))
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return value is None or bool(value != value) or type(value).__name__ == "NAType"
+    except (TypeError, ValueError):
+        return False
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -570,18 +675,10 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_table(path: Path):
-    import pandas as pd
-
     try:
-        if path.suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if path.suffix in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
-    except ImportError as err:
-        raise CincerError(f"reading {path.name} needs an optional package: {err}") from None
-    except Exception as err:  # pandas raises many types for malformed files
-        raise CincerError(f"cannot read {path}: {err}") from None
-    raise CincerError(f"--data {path.name}: unsupported format (use .csv, .tsv, .parquet or .npz)")
+        return read_table(path)
+    except CincerError as err:
+        raise CincerError(f"--data {err}") from None
 
 
 @dataclass
@@ -622,32 +719,6 @@ def _tabular(frame) -> _Table:
                            dtype=str).reshape(n, -1) if categorical else np.zeros((n, 0), dtype=str),
         shown_cat_missing=frame[categorical].isna().to_numpy().reshape(n, -1) if categorical
         else np.zeros((n, 0), dtype=bool))
-
-
-def _read_images(frame, folder: Path, files: str, root: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if not folder.is_dir():
-        raise CincerError(f"--images {folder}: no such folder")
-    out = root / "images"
-    out.mkdir(parents=True, exist_ok=True)
-    folder_resolved = folder.resolve()
-    X = np.zeros((len(frame), 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    for i, name in enumerate(frame[files].astype(str)):
-        path = (folder / name).resolve()
-        if folder_resolved not in path.parents or not path.is_file():
-            raise CincerError(f"image {name!r} (row {i}) is not a file inside {folder}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                shown = img.convert("RGB")
-                shown.thumbnail((256, 256))
-                shown.save(out / f"{i:06d}.png", format="PNG")
-                gray = img.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE))
-        except (UnidentifiedImageError, OSError) as err:
-            raise CincerError(f"cannot read image {name!r}: {err}") from None
-        X[i, 0] = np.asarray(gray, dtype=np.float32) / 255.0 - 0.5
-    return X
 
 
 def _renumber_images(root: Path, keep: np.ndarray) -> None:

@@ -2,7 +2,9 @@
 
 The session is a client of :class:`cincer.loop.CleaningLoop`: stream mode asks the loop to
 ``observe`` each arriving example; audit mode walks the loop's ``audit_order`` (the known set is
-everything) and asks it to ``query`` each example; decisions reach the labels through the loop's
+everything) and asks it to ``query`` each example, or, in a project made ``--from-audit``, walks the
+audit's issues in their order, each shown with the audit's counter-examples (skipped once fixed or
+checked, like a query the loop no longer finds suspicious); decisions reach the labels through the loop's
 ``apply`` and ``undo``. Every change is made in memory and in the
 :class:`~cincer.app.store.Store` under one lock, and undone in memory if the store refuses it; the
 model is retrained by a background thread on a snapshot and swapped in when ready, so a query never
@@ -54,6 +56,7 @@ class Session:
         self._seen: dict[str, float] = {}  # annotator -> when last heard from (monotonic)
         self._started = time.monotonic()
         self.instructions_html = render_markdown(project.instructions) if project.instructions else ""
+        self._audit_issue = {int(issue["index"]): issue for issue in project.audit or []}
         self._slots: list[tuple[str, int]] = []  # where each shown column's values are: (kind, position)
         counts = {"number": 0, "category": 0}
         for col in project.columns or []:
@@ -102,6 +105,9 @@ class Session:
     def _start(self) -> None:
         cfg, p = self.config, self.project
         self._check_data()
+        if p.audit is not None and cfg.mode != "audit":
+            raise CincerError(f"{p.root} reviews the issues of an audit (`cincer project init --from-audit`): it runs "
+                              "in audit mode, not stream mode")
         mode = self.store.get_meta("mode")
         if mode is None:
             self.store.set_meta("mode", cfg.mode)
@@ -119,7 +125,8 @@ class Session:
                                  skip_checked=True, checked=self._checked_examples())
         self._fit_now()
         if cfg.mode == "audit" and self.store.get_meta("audit_order") is None:
-            self.store.set_meta("audit_order", [int(i) for i in self.loop.audit_order()])
+            order = self.loop.audit_order() if p.audit is None else [issue["index"] for issue in p.audit]
+            self.store.set_meta("audit_order", [int(i) for i in order])
         if self.background:
             self._thread = threading.Thread(target=self._worker, name="cincer-retrain", daemon=True)
             self._thread.start()
@@ -261,12 +268,30 @@ class Session:
         while cursor < len(order):
             index = order[cursor]
             cursor += 1
-            query = self.loop.query(index)
+            query = self.loop.query(index) if self.project.audit is None else self._from_audit(cursor - 1)
             if query is not None:  # else no longer suspicious after earlier decisions
                 return self._store_query(query, {"cursor": cursor}, user)
         if cursor != start:
             self.store.set_meta("cursor", cursor)
         return None
+
+    def _from_audit(self, position: int) -> Query | None:
+        """The query of the audit's issue at ``position``: its suggested label and counter-examples (those
+        still labelled so and not checked), with the current model's probabilities; ``None`` once the example
+        was checked or relabelled to the suggestion (e.g. as an earlier counter-example)."""
+        assert self.project.audit is not None
+        issue, loop = self.project.audit[position], self.loop
+        index, suggested = int(issue["index"]), int(issue["suggested"])
+        checked = set(loop.checked.tolist())
+        label = int(loop.labels[index])
+        if index in checked or label == suggested:
+            return None
+        shown = [] if loop.policy == "none" else [
+            (int(c), float(score)) for c, score in issue["counterexamples"]
+            if int(c) not in checked and int(c) != index and int(loop.labels[int(c)]) == suggested]
+        ranking = Ranking(np.array([c for c, _ in shown], dtype=np.int64), np.array([s for _, s in shown]))
+        probs = loop.learner.predict_proba(self.X[[index]])[0]
+        return Query(index, label, suggested, probs, ranking, loop.policy)
 
     def _store_query(self, query: Query, meta: dict, user: str) -> StoredQuery:
         ranking = query.ranking
@@ -445,7 +470,16 @@ class Session:
                     "counter": None if counter is None else self.example(counter, model=True),
                     "alternatives": [{"id": i, "score": s} for i, s in query.ranking],
                     "highlight": [], "reopens": query.reopens, "assignee": query.assignee}
-            if counter is None:
+            issue = self._audit_issue.get(int(query.suspicious))
+            if issue is not None:  # a project made --from-audit: the audit's judgement, not the live model's
+                view["audit"] = {"suspicion": issue["suspicion"], "out_of_fold": issue["out_of_fold"]}
+                where = " (out of fold)" if issue["out_of_fold"] else ""
+                view["sentence"] = (f"The audit{where} suggests “{P}”, not “{L}” (suspicion {issue['suspicion']:.2f})"
+                                    + (f"; no example labelled “{P}” is left to explain it, so only this one is shown."
+                                       if counter is None else
+                                       f", mostly because of this example, labelled "
+                                       f"“{self.class_name(int(self.loop.labels[counter]))}”."))
+            elif counter is None:
                 view["sentence"] = (f"The model thinks this is “{P}”, not “{L}” ({confidence:.0%} sure); "
                                     f"no example labelled “{P}” explains it, so only this one is shown.")
             else:

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "1, 2, ...; a, n, s, u and ? are commands); stored in project.json")
     init.add_argument("--instructions", type=Path, default=None,
                       help="a Markdown file of instructions for the annotators, shown on first open and behind ?")
+    init.add_argument("--from-audit", type=Path, default=None, metavar="FILE",
+                      help="a `cincer audit` table of --data (same --labels and --id): the review queue is its issues "
+                           "in its order, each with its counter-examples; the session runs in audit mode")
     SessionConfig.add_arguments(init)
     init.add_argument("--force", action="store_true",
                       help="replace an existing project: the old folder is moved aside to DIR.old-<time> "
@@ -95,7 +98,8 @@ def init_main(args: argparse.Namespace) -> int:
     root, old = build_project(args.dir, data=args.data, labels=args.labels, images=args.images, text=args.text,
                               files=args.files, holdout=args.holdout, n_known=args.known, seed=config.seed,
                               config=config, force=args.force, id_column=args.id_column, classes=classes,
-                              hotkeys=parse_hotkeys(args.hotkeys), instructions=args.instructions)
+                              hotkeys=parse_hotkeys(args.hotkeys), instructions=args.instructions,
+                              from_audit=args.from_audit)
     if old is not None:
         print(f"cincer: the previous project was moved to {old}")
     print(f"cincer: project created in {root}; start it with `cincer serve --project {root}`")
