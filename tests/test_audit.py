@@ -8,8 +8,6 @@ bad inputs each a one-line error with nothing written; the audit feeding the app
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -305,43 +303,28 @@ def test_bad_input_from_python_is_an_input_error():
 
 # --------------------------------------------------------------------------- out of core: the dispatch
 
-@pytest.fixture
-def fake_outofcore(monkeypatch):
-    """A stand-in for cincer.outofcore (built and tested elsewhere): records its call, returns a table."""
-    calls = []
+def test_a_table_above_memory_goes_out_of_core_and_finds_the_same_issues(tmp_path, capsys, monkeypatch):
+    """Above --memory the command streams the table through cincer.outofcore (its own tests check it against
+    the dense algebra); here: the dispatch, the shared schema, and the same wrong labels at the top as in memory."""
+    import cincer.tables
 
-    def audit_table(path, **options):
-        calls.append((path, options))
-        table = find_label_issues(path, labels=options["labels"], features=options["features"], id=options["id"],
-                                  budget=options["budget"], k=options["k"], cv=options["cv"], seed=options["seed"])
-        return table, {"rows": 120, "classes": 2, "estimated_noise": 0.1, "seconds": 0.5, "issues": len(table)}
-
-    module = types.ModuleType("cincer.outofcore")
-    module.audit_table = audit_table  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "cincer.outofcore", module)
-    return calls
-
-
-def test_a_table_above_memory_or_a_cluster_goes_out_of_core(tmp_path, capsys, fake_outofcore):
-    frame, _ = planted_table(11, n=120)
+    frame, wrong = planted_table(11, n=400)
     frame.to_parquet(tmp_path / "t.parquet", index=False)
-    out = tmp_path / "o.csv"
+    in_memory, streamed = tmp_path / "m.csv", tmp_path / "o.csv"
     assert cli_main(["audit", str(tmp_path / "t.parquet"), "--labels", "label", "--features", "x0,x1,x2",
-                     "--memory", "2KB", "--budget", "7", "--out", str(out)]) == 0
-    path, options = fake_outofcore[-1]
-    assert path == str(tmp_path / "t.parquet")
-    assert options == {"labels": "label", "features": ["x0", "x1", "x2"], "id": None, "budget": 7, "k": 3,
-                       "cv": None, "memory": 2048, "seed": 0, "drop_invalid": False, "cluster": None}
+                     "--budget", "20", "--out", str(in_memory)]) == 0
+    assert json.loads((tmp_path / "m.csv.json").read_text())["summary"].get("engine") != "out-of-core"
+    monkeypatch.setattr(cincer.tables, "memory_estimate", lambda source: 64 * 2**30)  # as if 64 GB were needed
+    assert cli_main(["audit", str(tmp_path / "t.parquet"), "--labels", "label", "--features", "x0,x1,x2",
+                     "--memory", "2GB", "--budget", "20", "--out", str(streamed)]) == 0
     config = json.loads((tmp_path / "o.csv.json").read_text())
-    assert config["summary"]["engine"] == "out-of-core" and len(pd.read_csv(out)) <= 7
-    assert "120 rows read" in capsys.readouterr().out
-    assert cli_main(["audit", str(tmp_path / "t.parquet"), "--labels", "label", "--cluster", "local:2",
-                     "--memory", "1GB", "--cv", "2", "--out", str(out)]) == 0
-    assert fake_outofcore[-1][1]["cluster"] == "local:2" and fake_outofcore[-1][1]["memory"] == 2**30
-    assert json.loads((tmp_path / "o.csv.json").read_text())["summary"]["engine"] == "dask"
-    calls = len(fake_outofcore)
-    assert cli_main(["audit", str(tmp_path / "t.parquet"), "--labels", "label", "--out", str(out)]) == 0
-    assert len(fake_outofcore) == calls  # fits the default budget: in memory
+    assert config["summary"]["engine"] == "out-of-core" and config["options"]["memory"] == 2 * 2**30
+    assert "400 rows read" in capsys.readouterr().out
+    a, b = pd.read_csv(in_memory), pd.read_csv(streamed)
+    assert list(a.columns) == list(b.columns) == issue_columns(3) and len(b) == 20
+    planted = set(wrong.tolist())
+    assert b["key"].isin(planted).mean() >= 0.9 and a["key"].isin(planted).mean() >= 0.9
+    assert len(set(a["key"]) & set(b["key"])) >= 15  # two trainings of the same linear head
 
 
 # --------------------------------------------------------------------------- the app

@@ -225,14 +225,15 @@ def class_blocks(P: torch.Tensor) -> torch.Tensor:
 
 
 def kron_sum(blocks_of: Callable[[torch.Tensor], torch.Tensor], H: torch.Tensor, P: torch.Tensor, *,
-             max_bytes: int = 2**24) -> torch.Tensor:
+             max_bytes: int = 2**24, progress: bool = True) -> torch.Tensor:
     """``mean_i B_i (x) h~_i h~_i^T`` as a dense ``cA x cA`` matrix (class-major, like the score vectors),
     with ``B_i = blocks_of(P)[i]`` (``c x c``, symmetric) and ``h~_i = [h_i; 1]``.
 
     One pass over the rows in chunks: each chunk adds ``H~^T [w_1 * H~, ..., w_m * H~]``, the
     weighted Gram matrices ``H~^T diag(w) H~`` of the ``m = c(c+1)/2`` class pairs (``w`` = that entry
     of the ``B_i``) in one matrix product; the other pairs are their mirror images. Memory is ``O(d^2)``
-    plus one chunk of at most ``max_bytes``, whatever the number of rows.
+    plus one chunk of at most ``max_bytes``, whatever the number of rows. ``progress=False``: no progress
+    lines (a caller that reports its own).
     """
     n, A = len(H), H.shape[1] + 1
     c = blocks_of(P[:1]).shape[1]
@@ -240,12 +241,12 @@ def kron_sum(blocks_of: Callable[[torch.Tensor], torch.Tensor], H: torch.Tensor,
     pairs = upper.shape[1]
     chunk = max(1, min(n, max_bytes // (H.element_size() * pairs * A)))
     S = H.new_zeros(A, pairs * A)
-    with Progress(n, "Fisher matrix", unit="rows") as progress:
+    with Progress(n, "Fisher matrix", unit="rows", disable=not progress) as bar:
         for start in range(0, n, chunk):
             Ht = augment(H[start:start + chunk])
             W = blocks_of(P[start:start + chunk])[:, upper[0], upper[1]]
             S.addmm_(Ht.T, (W[:, :, None] * Ht[:, None, :]).reshape(len(Ht), pairs * A))
-            progress.update(len(Ht))
+            bar.update(len(Ht))
     T = S.reshape(A, pairs, A).transpose(0, 1)   # T[k] = sum_i w_ik h~_i h~_i^T
     F = H.new_empty(c, c, A, A)
     F[upper[0], upper[1]] = T

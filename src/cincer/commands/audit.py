@@ -101,11 +101,8 @@ def main(args: argparse.Namespace) -> int:
             raise CincerError(f"out-of-core audit ({why}) needs --model linear and numeric feature columns "
                               "(not --text, --images or --model fullnet)"
                               + ("" if args.cluster is not None else "; raise --memory to audit it in memory"))
-        try:
-            from ..outofcore import audit_table as outofcore_audit
-        except ImportError as err:
-            raise CincerError(f"out-of-core audit ({why}) needs cincer.outofcore, which cannot be imported: "
-                              f"{err}") from None
+        from ..outofcore import audit_table as outofcore_audit
+
         table, summary = outofcore_audit(str(source), labels=args.labels, features=features, id=args.id,
                                          budget=args.budget, k=args.k, cv=args.cv, memory=memory, seed=args.seed,
                                          drop_invalid=args.drop_invalid, cluster=args.cluster)
