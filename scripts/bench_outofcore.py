@@ -36,12 +36,13 @@ def run_one(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from cincer.outofcore import audit_table, parse_memory
+    from cincer.outofcore import audit_table
+    from cincer.tables import parse_size
 
     data = Path(args.one)
     start = time.perf_counter()
     table, summary = audit_table(str(data / "data"), labels="label", features=None, id="id", budget=args.budget,
-                                 k=3, cv=args.cv, memory=parse_memory(args.memory), seed=args.seed,
+                                 k=3, cv=args.cv, memory=parse_size(args.memory), seed=args.seed,
                                  drop_invalid=False, cluster=args.cluster)
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -52,7 +53,7 @@ def run_one(args: argparse.Namespace) -> int:
     cpu = usage.ru_utime + usage.ru_stime
     result = {"rows": summary["rows"], "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
               "peak_rss_bytes": usage.ru_maxrss * 1024, "peak_rss_gib": round(usage.ru_maxrss * 1024 / 2**30, 3),
-              "memory_bytes": parse_memory(args.memory), "passes": summary["passes"], "epochs": summary["epochs"],
+              "memory_bytes": parse_size(args.memory), "passes": summary["passes"], "epochs": summary["epochs"],
               "batch_rows": summary.get("batch_rows"), "pass_seconds": summary["pass_seconds"],
               "classes": summary["classes"], "features": summary["features"], "planted": len(flipped),
               "issues": len(table), "flagged": summary["flagged"], "planted_in_top": found,

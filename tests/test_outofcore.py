@@ -12,6 +12,7 @@ from cincer import CincerError, InputError, TorchLearner
 from cincer import outofcore as ooc
 from cincer.fisher import TopLayerFisher, augment, class_blocks, sum_free_basis
 from cincer.select import top_fisher_ranking
+from cincer.tables import parse_size
 
 N, D, C = 600, 6, 3
 
@@ -196,4 +197,4 @@ def test_no_counterexamples_and_row_number_keys(tables):
     table, summary = audit(root / "t.csv", id=None, k=0, budget=5)
     assert list(table.columns) == ooc.issue_columns(0) and len(table) == 5
     assert table["key"].dtype == np.int64 and summary["passes"] == 1 + 15 + 1
-    assert ooc.parse_memory("2GB") == 2 * 2**30 and ooc.parse_memory("512 MiB") == 2**29
+    assert parse_size("2GB") == 2 * 2**30 and parse_size("512 MiB") == 2**29

@@ -1156,24 +1156,6 @@ def issue_table(plan: Plan, queries: TopRows, scores: np.ndarray, best: np.ndarr
     return pd.DataFrame(data, columns=issue_columns(k))
 
 
-def parse_memory(text: str | int) -> int:
-    """``"2GB"``, ``"512MiB"``, ``"2e9"`` or an integer -> bytes (kB/MB/GB are powers of 1024, as RSS is)."""
-    if isinstance(text, int):
-        return text
-    units = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-             "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-    s = str(text).strip().lower()
-    number = s.rstrip("abcdefghijklmnopqrstuvwxyz ")
-    unit = s[len(number):].strip()
-    try:
-        value = float(number)
-    except ValueError:
-        raise CincerError(f"memory: cannot read {text!r} (e.g. 2GB, 512MB)") from None
-    if unit not in units or not value > 0:
-        raise CincerError(f"memory: cannot read {text!r} (e.g. 2GB, 512MB)")
-    return int(value * units[unit])
-
-
 # --------------------------------------------------------------------------- on a Dask cluster
 
 def _cluster_scan(frame: Any, start: int, columns: list[str], options: dict[str, Any]) -> ScanPart:
