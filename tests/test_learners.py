@@ -75,6 +75,32 @@ def test_make_learner_wraps_each_model_kind_once():
         make_learner(LogisticRegression(), n_classes=2, train_fn=lambda *a: None)
 
 
+def test_features_ignore_the_head_running_in_another_thread():
+    """The app serves requests while it retrains: a forward pass in another thread during ours must not count
+    as ours (it once made a request fail with "the head layer ran 2 times")."""
+    import threading
+
+    class Busy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            other = threading.Thread(target=lambda: self.head(h.detach()))  # someone else's forward, meanwhile
+            other.start()
+            other.join()
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model = Busy().double()
+    X = torch.randn(20, 4, dtype=torch.float64)
+    H, P = TorchLearner(model).features_and_probs(X, chunk=7)
+    with torch.no_grad():
+        torch.testing.assert_close(H, torch.relu(model.body(X)))
+        torch.testing.assert_close(P, torch.softmax(model.head(torch.relu(model.body(X))), dim=1))
+
+
 def test_a_head_refit_reaches_the_logistic_regression_optimum():
     """fit_head is multinomial logistic regression on fixed features: the same optimum as scikit-learn's
     unpenalised solver (a problem with overlapping classes, so the optimum is finite)."""

@@ -18,6 +18,7 @@ exported to open formats (``export_state`` / ``import_state``: tensors, arrays a
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -119,7 +120,12 @@ class TorchLearner:
         H = X.new_empty((len(X), self.head.in_features), dtype=dtype)
         P = X.new_empty((len(X), self.head.out_features), dtype=dtype)
         seen: list[torch.Tensor] = []
-        handle = self.head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+        me = threading.get_ident()  # another thread's forward pass (the app serves while it retrains) is not ours
+
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if threading.get_ident() == me:
+                seen.append(inputs[0])
+        handle = self.head.register_forward_hook(record)
         try:
             with Progress(len(X), "features", unit="rows") as progress:
                 for i in range(0, len(X), chunk):
