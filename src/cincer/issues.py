@@ -42,13 +42,13 @@ def issue_columns(k: int) -> list[str]:
 
 # --------------------------------------------------------------------------- checks
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A key or label as Python keeps it (numpy scalars unwrapped)."""
     return value.item() if isinstance(value, np.generic) else value
 
 
 def _listed_keys(keys: Any, limit: int = SHOWN_KEYS) -> str:
-    keys = [_plain(k) for k in keys]
+    keys = [plain_value(k) for k in keys]
     shown = ", ".join(map(repr, keys[:limit]))
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
@@ -217,13 +217,13 @@ def audit_table(data: Any, *, labels: str, features: list[str] | None = None, te
         y = y.astype(np.int64)
     classes = np.unique(y)
     if len(classes) < 2:
-        raise InputError(f"labels: column {labels!r} holds a single class ({_plain(classes[0])!r}"
+        raise InputError(f"labels: column {labels!r} holds a single class ({plain_value(classes[0])!r}"
                          + (" once rows without a label or with NaN/inf features are left out" if invalid.any()
                             else "") + "): need at least two classes")
     if cv is not None:
         counts = np.unique(y, return_counts=True)[1]
         if counts.min() < cv:
-            rare = _plain(classes[int(np.argmin(counts))])
+            rare = plain_value(classes[int(np.argmin(counts))])
             raise InputError(f"cv={cv}: class {rare!r} has only {counts.min()} rows, fewer than the folds")
     cleaner = _cleaner(model, X, len(classes), k=k, seed=seed, threshold=threshold, train_config=train_config,
                        kind=kind)
@@ -233,7 +233,7 @@ def audit_table(data: Any, *, labels: str, features: list[str] | None = None, te
     table = _table(found, cleaner.classes_, cleaner.loop_.labels, keys, k)
     summary = {"rows": n_read, "rows_used": int(keep.sum()), "dropped": int(invalid.sum()),
                "dropped_by_reason": dropped, "classes": int(len(classes)),
-               "class_names": [_plain(c) for c in classes], "estimated_noise": found.disagreement,
+               "class_names": [plain_value(c) for c in classes], "estimated_noise": found.disagreement,
                "issues": int(len(table)), "out_of_fold": cv is not None, "features": len(feature_names),
                "input": kind, "model": model, "engine": "in-memory",
                "seconds": round(time.perf_counter() - start, 3)}
@@ -295,7 +295,7 @@ def _table(found: Any, classes: np.ndarray, pool_labels: np.ndarray, keys: np.nd
 
     n = len(found.order)
     out: dict[str, Any] = {
-        "key": _values([_plain(v) for v in keys[found.order]], keys),
+        "key": _values([plain_value(v) for v in keys[found.order]], keys),
         "given_label": classes[found.labels],
         "suggested_label": classes[found.predicted],
         "suspicion": np.asarray(found.scores, dtype=np.float64),
@@ -303,9 +303,9 @@ def _table(found: Any, classes: np.ndarray, pool_labels: np.ndarray, keys: np.nd
     }
     for j in range(k):
         ces = [r.indices[j] if len(r.indices) > j else None for r in found.rankings]
-        out[f"counterexample_{j + 1}_key"] = _values([None if c is None else _plain(keys[c]) for c in ces], keys)
+        out[f"counterexample_{j + 1}_key"] = _values([None if c is None else plain_value(keys[c]) for c in ces], keys)
         out[f"counterexample_{j + 1}_label"] = _values(
-            [None if c is None else _plain(classes[pool_labels[c]]) for c in ces], classes)
+            [None if c is None else plain_value(classes[pool_labels[c]]) for c in ces], classes)
         out[f"counterexample_{j + 1}_score"] = np.array(
             [np.nan if len(r.scores) <= j else float(r.scores[j]) for r in found.rankings], dtype=np.float64)
     return pd.DataFrame(out, columns=issue_columns(k))

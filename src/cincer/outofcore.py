@@ -56,13 +56,12 @@ from .fisher import (
     top_layer_scores,
 )
 from .inspect import margin_inspector
-from .issues import issue_columns
+from .issues import SHOWN_KEYS, issue_columns, plain_value
 from .progress import Progress
 
 MARGIN_THRESHOLD: float = pyinspect.signature(margin_inspector).parameters["threshold"].default
 DEFAULT_BUDGET = 1000      # issues returned when budget=None: every flagged row, at most this many
 MAX_CLASSES = 10_000       # a label column with more distinct values is not a class label
-SHOWN_KEYS = 10            # keys quoted in an error message
 WINDOW_ROWS = 32_768       # training shuffles the rows within windows of this many consecutive rows
 BATCH_SIZE = 512           # training mini-batch
 LEARNING_RATE = 1e-2       # Adam, decayed linearly to 5% over the training
@@ -322,10 +321,6 @@ def _listed(keys: list[Any], total: int) -> str:
     return shown + (f", ... ({total} in all)" if total > SHOWN_KEYS else "")
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def plan_memory(memory: int, d: int, C: int, folds: int | None, budget: int) -> int:
     """Rows per batch so that the whole audit stays within ``memory`` bytes: the fixed part (the interpreter
     and libraries, the FIM sums and their factorisation, the training window, the queries) comes first, and
@@ -394,10 +389,10 @@ def scan_part(batch: Any, start: int, *, labels: str, features: list[str], id: s
     finite = np.isfinite(X).all(1)
     if not finite.all():
         part.n_bad_features = int((~finite).sum())
-        part.bad_features = [_plain(k) for k in keys[~finite][:SHOWN_KEYS]]
+        part.bad_features = [plain_value(k) for k in keys[~finite][:SHOWN_KEYS]]
     if no_label.any():
         part.n_bad_labels = int(no_label.sum())
-        part.bad_labels = [_plain(k) for k in keys[no_label][:SHOWN_KEYS]]
+        part.bad_labels = [plain_value(k) for k in keys[no_label][:SHOWN_KEYS]]
     valid = finite & ~no_label
     part.invalid = int((~valid).sum())
     part.values = set(label_col.filter(pa.array(valid)).unique().to_pylist())
@@ -475,7 +470,7 @@ def finish_scan(total: ScanPart, table: Table | None, *, labels: str, features: 
         raise InputError(f"labels: column {labels!r} mixes types") from None
     if len(classes) < 2:
         raise InputError(f"labels: column {labels!r} holds {'no class' if not len(classes) else 'a single class'}"
-                         + (f" ({_plain(classes[0])!r})" if len(classes) else "")
+                         + (f" ({plain_value(classes[0])!r})" if len(classes) else "")
                          + (" once rows without a label or with NaN/inf features are left out" if total.invalid
                             else "") + ": need at least two classes")
     if folds is not None and total.fold_counts.min() == 0:
@@ -502,7 +497,7 @@ def _check_unique_ids(table: Table, id: str, hashes: np.ndarray, rows: int) -> N
         keys = batch.column(id).to_numpy(zero_copy_only=False)
         h = pd.util.hash_array(np.asarray(keys)).astype(np.uint64)
         for key in keys[np.isin(h, np.fromiter(suspects, dtype=np.uint64))]:
-            found[_plain(key)] = found.get(_plain(key), 0) + 1
+            found[plain_value(key)] = found.get(plain_value(key), 0) + 1
     repeated = [k for k, count in found.items() if count > 1]
     if repeated:
         raise InputError(f"id: column {id!r} repeats keys: {_listed(repeated, len(repeated))} "
@@ -1005,7 +1000,7 @@ def supports_chunk(state: Supports, chunk: Chunk, heads: list[Head], qs: QuerySe
             state.scores[g], state.rows[g] = merge_topk(state.scores[g], state.rows[g], s, r, k)
     if chunk.keys is not None:
         wanted = np.isin(chunk.rows, state.rows)
-        state.keys.update(zip(chunk.rows[wanted].tolist(), (_plain(v) for v in np.asarray(chunk.keys)[wanted])))
+        state.keys.update(zip(chunk.rows[wanted].tolist(), (plain_value(v) for v in np.asarray(chunk.keys)[wanted])))
 
 
 def counterexamples(plan: Plan, heads: list[Head], queries: TopRows, solvers: list[FisherSolver], k: int,
@@ -1117,7 +1112,7 @@ def _audit(path: str, *, labels: str, features: list[str] | None, id: str | None
     lap("counterexamples")
     frame = issue_table(plan, queries, scores, best, keys, k, out_of_fold=cv is not None)
     summary = {"rows": plan.n_read, "rows_used": plan.n_used, "rows_dropped": plan.n_dropped,
-               "classes": len(plan.classes), "class_names": [_plain(c) for c in plan.classes],
+               "classes": len(plan.classes), "class_names": [plain_value(c) for c in plan.classes],
                "estimated_noise": probed.disagree / max(plan.n_used, 1), "flagged": probed.flagged,
                "issues": len(frame), "budget": size, "out_of_fold": cv is not None, "features": len(plan.features),
                "optimizer": optimizer, "epochs": epochs, "batch_size": batch_size_for(plan.n_used),
@@ -1151,7 +1146,7 @@ def issue_table(plan: Plan, queries: TopRows, scores: np.ndarray, best: np.ndarr
                    for r, ok in zip(best[:, j], found)]
         label_col = [classes[p] if ok else None for p, ok in zip(pred, found)]
         data[f"counterexample_{j + 1}_key"] = pd.Series(key_col, dtype="Int64" if plan.id is None else object)
-        data[f"counterexample_{j + 1}_label"] = pd.Series([_plain(v) for v in label_col], dtype=object)
+        data[f"counterexample_{j + 1}_label"] = pd.Series([plain_value(v) for v in label_col], dtype=object)
         data[f"counterexample_{j + 1}_score"] = np.where(found, scores[:, j], np.nan) if q else np.zeros(0)
     return pd.DataFrame(data, columns=issue_columns(k))
 
@@ -1252,7 +1247,7 @@ def _audit_on_cluster(client: Any, table: Table, start: float, *, labels: str, f
     if id is not None and not total.n_missing_ids:
         twice = repeated(client, frame, id)
         if len(twice):
-            shown = [_plain(v) for v in twice.index]
+            shown = [plain_value(v) for v in twice.index]
             raise InputError(f"id: column {id!r} repeats keys: {_listed(shown, len(shown))} (each row needs its "
                              "own key)")
     plan = finish_scan(total, None, labels=labels, features=features, id=id, memory=memory, folds=cv, seed=seed,
@@ -1289,7 +1284,7 @@ def _audit_on_cluster(client: Any, table: Table, start: float, *, labels: str, f
     issues = issue_table(plan, queries, scores, best, keys, k, out_of_fold=cv is not None)
     workers = len(client.scheduler_info().get("workers", {}))
     summary = {"rows": plan.n_read, "rows_used": plan.n_used, "rows_dropped": plan.n_dropped,
-               "classes": C, "class_names": [_plain(c) for c in plan.classes],
+               "classes": C, "class_names": [plain_value(c) for c in plan.classes],
                "estimated_noise": probed.disagree / max(plan.n_used, 1), "flagged": probed.flagged,
                "issues": len(issues), "budget": budget, "out_of_fold": cv is not None, "features": len(features),
                "optimizer": "lbfgs", "epochs": evaluations, "passes": passes, "partitions": len(prepared),
