@@ -1,20 +1,25 @@
 """`cincer audit` against cleanlab's `find_label_issues` on the same table, at equal reading budgets.
 
 For each data set and noise kind (20%, seeded), the same model (StandardScaler + LogisticRegression) is
-used three ways: CINCER's audit in-sample, CINCER's audit out of fold (`cv=5`), and cleanlab's
-`find_label_issues` on out-of-fold probabilities (5 stratified folds, ranked by self-confidence). A
-reader of CINCER's table looks at each issue and its first counter-example (two examples per question);
-a reader of cleanlab's looks at one example per issue. Counted: distinct wrong labels among the first R
-examples read, R = 50, 200, 1000, and how many of them were counter-examples.
+used five ways: CINCER's audit in sample and out of fold (`cv=5`), each with the counter-examples that most
+support the suggested label (`cincer`, `cincer_cv5`) and with that support weighed by the counter-example's
+own probability of being mislabelled (`counterexamples="suspect"`: `cincer_suspect`, `cincer_cv5_suspect`),
+and cleanlab's `find_label_issues` on out-of-fold probabilities (5 stratified folds, ranked by
+self-confidence). A reader of CINCER's table looks at each issue and its first counter-example (two
+examples per question); a reader of cleanlab's looks at one example per issue. Counted: distinct wrong
+labels among the first R examples read, R = 50, 200, 1000, and how many of them were counter-examples.
 
 Usage: .venv/bin/python scripts/audit_vs_cleanlab.py OUT.jsonl [--n 10000] [--datasets adult,rotten_tomatoes,...]
+       [--variants cincer_suspect,cincer_cv5_suspect]   (computes those alone, merged into OUT's rows)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +28,10 @@ import torch
 from cincer import find_label_issues, flip_labels, load_dataset
 
 READS = (50, 200, 1000)
+# variant -> find_label_issues options
+CINCER = {"cincer": {}, "cincer_cv5": {"cv": 5}, "cincer_suspect": {"counterexamples": "suspect"},
+          "cincer_cv5_suspect": {"cv": 5, "counterexamples": "suspect"}}
+VARIANTS = (*CINCER, "cleanlab")
 
 
 def table_of(dataset: str, n: int | None, noise: str, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -85,24 +94,38 @@ def main() -> None:
     parser.add_argument("--datasets", default="mnist,fashion_mnist,adult,rotten_tomatoes")
     parser.add_argument("--noise", default="random,pair")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of " + ", ".join(VARIANTS))
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}")
     torch.set_num_threads(1)
-    with open(args.out, "a") as out:
-        for dataset in args.datasets.split(","):
-            for noise in args.noise.split(","):
-                frame, wrong = table_of(dataset, args.n, noise, args.seed)
-                row: dict = {"dataset": dataset, "noise": noise, "rate": 0.2, "rows": len(frame),
-                             "wrong": int(wrong.sum()), "seed": args.seed, "model": "StandardScaler+LogisticRegression"}
-                for name, cv in (("cincer", None), ("cincer_cv5", 5)):
-                    start = time.perf_counter()
-                    issues = find_label_issues(frame, labels="label", cv=cv, budget=1000, k=1, seed=args.seed)
-                    row[name] = {"issues": len(issues), "seconds": time.perf_counter() - start,
-                                 "reached": found(reading_order_cincer(issues), wrong)}
-                order, seconds = cleanlab_order(frame, args.seed)
-                row["cleanlab"] = {"issues": len(order), "seconds": seconds,
-                                   "reached": found([(i, "issue") for i in order], wrong)}
-                print(json.dumps(row), flush=True)
-                out.write(json.dumps(row) + "\n")
+    path = Path(args.out)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    for dataset in args.datasets.split(","):
+        for noise in args.noise.split(","):
+            frame, wrong = table_of(dataset, args.n, noise, args.seed)
+            key = {"dataset": dataset, "noise": noise, "rate": 0.2, "rows": len(frame), "seed": args.seed}
+            row = next((r for r in rows if all(r.get(k) == v for k, v in key.items())), None)
+            if row is None:
+                row = {**key, "wrong": int(wrong.sum()), "model": "StandardScaler+LogisticRegression"}
+                rows.append(row)
+            for name in variants:
+                start = time.perf_counter()
+                if name == "cleanlab":
+                    order, seconds = cleanlab_order(frame, args.seed)
+                    row[name] = {"issues": len(order), "seconds": seconds,
+                                 "reached": found([(i, "issue") for i in order], wrong)}
+                    continue
+                issues = find_label_issues(frame, labels="label", budget=1000, k=1, seed=args.seed, **CINCER[name])
+                row[name] = {"issues": len(issues), "seconds": time.perf_counter() - start,
+                             "reached": found(reading_order_cincer(issues), wrong)}
+            print(json.dumps(row), flush=True)
+            partial = path.with_name(path.name + ".partial")   # a row at a time, never half a file
+            partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(partial, path)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def test_in_sample_table_is_the_margin_of_the_model_and_the_counterexamples_of_c
     counter-examples and scores."""
     frame, _ = planted_table(1)
     X, labels = _features(frame), frame["label"].to_numpy()
-    table = find_label_issues(frame, labels="label", k=4)
+    table = find_label_issues(frame, labels="label", k=4, counterexamples="support")
     model = _pipeline().fit(X, labels)
     probs = model.predict_proba(X)
     y = np.searchsorted(model.classes_, labels)
@@ -109,6 +109,36 @@ def test_cv_is_out_of_fold_like_fold_models_trained_by_hand():
             ce = getattr(row, f"counterexample_{j}_key")
             if not pd.isna(ce):
                 assert fold[ce] != fold[row.key]
+
+
+def test_suspect_counterexamples_are_the_support_times_their_own_suspicion():
+    """Brute force: every candidate's support (the 'support' table with k = every row) times 1 - P(its label),
+    from the pipeline fitted by hand (in sample) or the fold models fitted by hand (out of fold)."""
+    frame, _ = planted_table(1)
+    X, labels = _features(frame), frame["label"].to_numpy()
+    y = (labels == "yes").astype(int)
+    in_sample = _pipeline().fit(X, y).predict_proba(X)
+    out_of_fold = np.zeros((N, 2))
+    for train, held in StratifiedKFold(4, shuffle=True, random_state=3).split(np.arange(N), y):
+        out_of_fold[held] = _pipeline().fit(X[train], y[train]).predict_proba(X[held])
+    for cv, probs in ((None, in_sample), (4, out_of_fold)):
+        support = find_label_issues(frame, labels="label", k=N, cv=cv, seed=3, counterexamples="support")
+        suspect = find_label_issues(frame, labels="label", k=3, cv=cv, seed=3)  # the default
+        assert suspect.attrs["summary"]["counterexamples"] == "suspect"
+        assert suspect["key"].tolist() == support["key"].tolist()
+        every_key = support[[f"counterexample_{j}_key" for j in range(1, N + 1)]].to_numpy(float, na_value=np.nan)
+        every_score = support[[f"counterexample_{j}_score" for j in range(1, N + 1)]].to_numpy()
+        chosen_key = suspect[[f"counterexample_{j}_key" for j in (1, 2, 3)]].to_numpy(float, na_value=np.nan)
+        chosen_score = suspect[[f"counterexample_{j}_score" for j in (1, 2, 3)]].to_numpy()
+        changed = 0
+        for keys, scores, got_keys, got_scores in zip(every_key, every_score, chosen_key, chosen_score):
+            keys, scores = keys[~np.isnan(keys)].astype(int), scores[~np.isnan(keys)]
+            weighted = scores * (1 - probs[keys, y[keys]])
+            best = np.argsort(-weighted, kind="stable")[:3]
+            np.testing.assert_array_equal(got_keys[:len(best)], keys[best])
+            np.testing.assert_allclose(got_scores[:len(best)], weighted[best], rtol=1e-5, atol=1e-12)
+            changed += keys[best[0]] != keys[0]
+        assert changed > 0  # the weights do change some choices
 
 
 def test_key_follows_the_id_column_and_counterexamples_match_the_input():
@@ -187,15 +217,16 @@ def test_cli_writes_the_table_its_configuration_and_a_summary(tmp_path, capsys):
     frame.to_csv(tmp_path / "t.csv", index=False)
     out = tmp_path / "res" / "issues.parquet"
     assert cli_main(["audit", str(tmp_path / "t.csv"), "--labels", "label", "--cv", "3", "--k", "2",
-                     "--seed", "5", "--out", str(out)]) == 0
+                     "--seed", "5", "--counterexamples", "suspect", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     table = pd.read_parquet(out)
     config = json.loads((tmp_path / "res" / "issues.parquet.json").read_text())
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["issues.parquet", "issues.parquet.json"]
     assert list(table.columns) == issue_columns(2) == config["columns"]
-    expected = find_label_issues(frame, labels="label", cv=3, k=2, seed=5)
+    expected = find_label_issues(frame, labels="label", cv=3, k=2, seed=5, counterexamples="suspect")
     pd.testing.assert_frame_equal(table, expected, check_dtype=False)
     assert config["options"]["cv"] == 3 and config["options"]["seed"] == 5 and config["options"]["k"] == 2
+    assert config["options"]["counterexamples"] == config["summary"]["counterexamples"] == "suspect"
     assert config["input"] == str((tmp_path / "t.csv").resolve())
     assert {"cincer", "numpy", "pandas", "scikit-learn"} <= set(config["versions"])
     summary = config["summary"]

@@ -51,12 +51,12 @@ def run(path, **options):
     return ooc.audit_table(str(path), **{**defaults, **options})
 
 
-@pytest.mark.parametrize("cv", [None, 3])
-def test_the_cluster_gives_the_single_process_result(data, scheduler, monkeypatch, cv):
+@pytest.mark.parametrize("cv, counterexamples", [(None, "support"), (3, "support"), (3, "suspect")])
+def test_the_cluster_gives_the_single_process_result(data, scheduler, monkeypatch, cv, counterexamples):
     root, _, flipped = data
     monkeypatch.setattr(ooc, "plan_memory", lambda *args, **kw: 128)   # several batches on one machine too
-    local, local_summary = run(root / "parts", cv=cv, optimizer="lbfgs")
-    remote, summary = run(root / "parts", cv=cv, cluster=scheduler)
+    local, local_summary = run(root / "parts", cv=cv, optimizer="lbfgs", counterexamples=counterexamples)
+    remote, summary = run(root / "parts", cv=cv, cluster=scheduler, counterexamples=counterexamples)
     assert summary["engine"] == "dask" and summary["partitions"] == 3 and summary["workers"] == 2
     assert summary["rows"] == local_summary["rows"] == N and summary["flagged"] == local_summary["flagged"]
     assert list(remote.columns) == list(local.columns) == ooc.issue_columns(3)

@@ -72,7 +72,10 @@ def test_method_variants_carry_the_papers_settings():
                            "upper_bound"]
     paper, exact = method_config(exp, "top_fisher_paper"), method_config(exp, "top_fisher")
     assert (paper.selector, paper.fim_samples, paper.damping) == ("top_fisher", 30, 0.0)
-    assert (exact.selector, exact.fim_samples) == ("top_fisher", None)
+    assert (exact.selector, exact.fim_samples, exact.relative_damping) == ("top_fisher", None, 0.0)
+    damped = method_config(exp, "top_fisher_damped")
+    assert (damped.selector, damped.fim_samples, damped.damping, damped.relative_damping) == ("top_fisher", None, 0.0,
+                                                                                             1.0)
     assert method_config(exp, "none").selector == "none"
     assert ExperimentConfig(question="q1", dataset="breast").resolved().known == 100
     with pytest.raises(CincerError, match="unknown method"):

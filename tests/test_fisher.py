@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from cincer import CincerError
 from cincer.fisher import (
     ExplicitFisher,
     FisherSolver,
@@ -273,3 +274,31 @@ def test_ekfac_scale_is_the_exact_diagonal_in_the_kronecker_eigenbasis():
     U = torch.kron(solver.U_G.contiguous(), solver.U_S.contiguous())
     exact_diag = torch.diagonal(U.T @ TopLayerFisher(H, P).dense() @ U).reshape(3, -1)
     torch.testing.assert_close(1.0 / solver.inv_scale - 1e-3, exact_diag, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_relative_damping_is_a_fraction_of_the_mean_eigenvalue_and_scale_free(n_classes):
+    """Brute force: (F + r tr(F)/((C-1)(H+1)) I)^{-1} on the dense F, by both routes; EK-FAC's damping from
+    its own diagonal the same way."""
+    from cincer.fisher import KroneckerFisherSolver, check_damping
+
+    for n in (3, 30):
+        H, W, b, y = random_top_layer(n_classes, n=n, hidden=6)
+        P = torch.softmax(H @ W.T + b, dim=1).detach()
+        fisher = TopLayerFisher(H, P)
+        F = fisher.dense()
+        sub_dim = (n_classes - 1) * (H.shape[1] + 1)
+        lam = 0.1 * torch.trace(F) / sub_dim
+        v = top_layer_scores(H, P, y)[0].reshape(-1)
+        expected = torch.linalg.solve(F + lam * torch.eye(len(F), dtype=F.dtype), v)
+        for method in ("dense", "gram"):
+            solver = FisherSolver(fisher, relative_damping=0.1, method=method)
+            assert solver.damping == pytest.approx(lam.item(), rel=1e-10)
+            torch.testing.assert_close(solver.solve(v), expected, atol=1e-8 * expected.abs().max().item(), rtol=0)
+        kron = KroneckerFisherSolver(H, P, relative_damping=0.1)
+        assert kron.damping == pytest.approx((1.0 / kron.inv_scale - kron.damping).sum().item() / sub_dim * 0.1,
+                                             rel=1e-8)
+    with pytest.raises(CincerError, match="exclude each other"):
+        check_damping(0.1, 0.1)
+    with pytest.raises(CincerError, match="relative_damping must be >= 0"):
+        FisherSolver(fisher, relative_damping=-1.0)

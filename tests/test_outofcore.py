@@ -11,7 +11,7 @@ from torch import nn
 from cincer import CincerError, InputError, TorchLearner
 from cincer import outofcore as ooc
 from cincer.fisher import TopLayerFisher, augment, class_blocks, sum_free_basis
-from cincer.select import top_fisher_ranking
+from cincer.select import top_fisher_ranking, weigh_by_suspicion
 from cincer.tables import parse_size
 
 N, D, C = 600, 6, 3
@@ -65,13 +65,14 @@ def assert_same(a, b, rtol):
         np.testing.assert_allclose(a[f"counterexample_{j}_score"], b[f"counterexample_{j}_score"], rtol=rtol)
 
 
-@pytest.mark.parametrize("cv", [None, 3])
-def test_batches_do_not_change_the_result(tables, monkeypatch, cv):
+@pytest.mark.parametrize("cv, counterexamples", [(None, "support"), (3, "support"), (3, "suspect")])
+def test_batches_do_not_change_the_result(tables, monkeypatch, cv, counterexamples):
     root, _, _ = tables
-    whole, summary = audit(root / "t.parquet", dtype=torch.float64, cv=cv)
-    assert summary["batch_rows"] >= N and len(whole) == 40
+    whole, summary = audit(root / "t.parquet", dtype=torch.float64, cv=cv, counterexamples=counterexamples)
+    assert summary["batch_rows"] >= N and len(whole) == 40 and summary["counterexamples"] == counterexamples
     for rows in (37, 256):
-        chunked, chunked_summary = audit(root / "t.parquet", monkeypatch, rows, dtype=torch.float64, cv=cv)
+        chunked, chunked_summary = audit(root / "t.parquet", monkeypatch, rows, dtype=torch.float64, cv=cv,
+                                         counterexamples=counterexamples)
         assert chunked_summary["batch_rows"] == rows
         assert_same(whole, chunked, rtol=1e-7)
     assert whole["out_of_fold"].all() == (cv is not None)
@@ -126,7 +127,9 @@ def test_counterexamples_are_top_fishers_ranking(tables, monkeypatch):
     head = ooc.train_heads(plan, epochs=10, dtype=torch.float64)[0]
     probed = ooc.probe(plan, [head], 15, torch.float64)
     solver = ooc.fisher_solver(probed.sums[0], probed.counts[0], C, D + 1)
-    scores, best, _ = ooc.counterexamples(plan, [head], probed.queries, [solver], 5, torch.float64)
+    scores, best, _ = ooc.find_counterexamples(plan, [head], probed.queries, [solver], 5, torch.float64)
+    suspect_scores, suspect_best, _ = ooc.find_counterexamples(plan, [head], probed.queries, [solver], 5,
+                                                               torch.float64, suspect=True)
 
     Z = torch.cat([c.Z for c in ooc.chunks(plan)]).double()
     y = np.concatenate([c.y for c in ooc.chunks(plan)])
@@ -144,6 +147,9 @@ def test_counterexamples_are_top_fishers_ranking(tables, monkeypatch):
         ranking = top_fisher_ranking(learner, Z, y, int(target), candidates, everyone)
         assert best[i].tolist() == ranking.indices[:5].tolist()
         np.testing.assert_allclose(scores[i], ranking.scores[:5], rtol=1e-8)
+        weighed = weigh_by_suspicion(ranking, probs[ranking.indices, y[ranking.indices]])
+        assert suspect_best[i].tolist() == weighed.indices[:5].tolist()
+        np.testing.assert_allclose(suspect_scores[i], weighed.scores[:5], rtol=1e-8)
 
 
 def test_cv_counterexamples_come_from_the_other_folds(tables):

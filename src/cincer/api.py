@@ -44,7 +44,7 @@ from .inspect import INSPECTORS, Inspector, audit_order
 from .learners import Learner, SklearnLearner, TorchLearner, check_model, find_head, make_learner
 from .loop import Answer, CleaningLoop, LoopState, Query, check_stages
 from .models import TrainConfig
-from .select import SELECTORS, Ranking, Selector
+from .select import SELECTORS, Ranking, Selector, check_counterexample_order, weigh_by_suspicion
 from .validation import as_features, check_labels, encode_label, encode_labels, one_row, split_dataset
 
 __all__ = ["Cleaner", "LabelQuery", "counterexamples"]
@@ -692,7 +692,8 @@ class Cleaner(BaseEstimator):
 
     # ----------------------------------------------------------------- review
 
-    def label_issues(self, max_issues: int | None = None, *, cv: int | None = None) -> Any:
+    def label_issues(self, max_issues: int | None = None, *, cv: int | None = None,
+                     counterexamples: str = "support") -> Any:
         """The examples the inspector flags, most suspicious first, as a pandas DataFrame (like cleanlab's
         ``find_label_issues(..., return_indices_ranked_by=...)``), for a review in a notebook.
 
@@ -704,23 +705,30 @@ class Cleaner(BaseEstimator):
         ``cv=K``: out of fold, as :meth:`audit` with ``cv=K``: K fold models are trained (each without one
         stratified fold), each example is judged by the probabilities of the model that did not train on
         it and its counter-examples come from that model's training examples. The fold models are not kept.
-        :func:`cincer.find_label_issues` is the same table for a file or a DataFrame.
+        :func:`cincer.find_label_issues` is the same table for a file or a DataFrame (its counter-examples
+        ordered by ``"suspect"`` unless told otherwise).
+
+        ``counterexamples``: ``"support"`` (default: CINCER's ranking, the one the queries of :meth:`audit`
+        and :meth:`observe` show) or ``"suspect"`` (that support times the candidate's own probability of
+        being mislabelled, out of fold with ``cv``: supporters that are themselves likely wrong first, which
+        finds more wrong labels per example read, docs/SCALE.md; :func:`cincer.find_label_issues`' default).
         """
         import pandas as pd
 
-        found = self._issues(max_issues, cv)
+        found = self._issues(max_issues, cv, counterexamples)
         return pd.DataFrame({"given_label": [_show(c) for c in self.classes_[found.labels]],
                              "suggested_label": [_show(c) for c in self.classes_[found.predicted]],
                              "suspicion": found.scores,
                              "counterexamples": [[int(i) for i in r.indices] for r in found.rankings]},
                             index=pd.Index(found.order, name="index"))
 
-    def _issues(self, max_issues: int | None, cv: int | None) -> Issues:
+    def _issues(self, max_issues: int | None, cv: int | None, counterexamples: str = "support") -> Issues:
         """What :meth:`label_issues` shows, with the counter-examples' scores and the share of D whose
         (out-of-fold, with ``cv``) prediction disagrees with its label; changes nothing."""
         self._check_fitted()
         limit = None if max_issues is None else _positive_int("max_issues", max_issues)
         cv = _check_cv(cv)
+        check_counterexample_order(counterexamples)
         loop = self.loop_
         rng_state, folds = loop.rng.bit_generator.state, self.folds_
         try:
@@ -747,6 +755,8 @@ class Cleaner(BaseEstimator):
             rankings = [r.rank(int(i), int(p)) if p != loop.labels[i] else Ranking.empty()
                         for r, i, p in progress.track(zip(rankers, order, predicted), total=len(order),
                                                       desc="counter-examples", unit="issue")]
+            if counterexamples == "suspect":  # probs: in-sample, or out of fold with cv
+                rankings = [weigh_by_suspicion(r, probs[r.indices, loop.labels[r.indices]]) for r in rankings]
             rankings = [Ranking(r.indices[:self.k].astype(np.int64), np.asarray(r.scores[:self.k], np.float64))
                         for r in rankings]
             disagree = float(np.mean(probs[known].argmax(axis=1) != loop.labels[known])) if len(known) else 0.0

@@ -26,7 +26,8 @@ from .select import SELECTORS, Selector
 
 # config field -> the factory parameter it feeds
 INSPECTOR_OPTIONS = {"threshold": "threshold", "p_query": "p_query", "influence": "config"}
-SELECTOR_OPTIONS = {"fim_samples": "fim_samples", "damping": "damping", "full_fisher_max_params": "max_params",
+SELECTOR_OPTIONS = {"fim_samples": "fim_samples", "damping": "damping", "relative_damping": "relative_damping",
+                    "full_fisher_max_params": "max_params",
                     "nfisher_radius": "radius", "n_nearest": "n_nearest", "block_damping": "block_damping",
                     "max_block": "max_block", "influence": "config"}
 
@@ -49,6 +50,8 @@ class CleaningConfig(Config):
                                      "top layer; default: all)")
     damping: float = option(0.0, "FIM damping of top_fisher, nearest_fisher, drop_ce, full_fisher and approx_fisher "
                             "(F + damping I); 0 = pseudo-inverse (paper)")
+    relative_damping: float = option(0.0, "top_fisher, drop_ce: FIM damping as a fraction of its mean eigenvalue "
+                                     "(scale-free; excludes --damping); 0 = none", check=at_least(0))
     full_fisher_max_params: int = option(20_000, "largest network full_fisher accepts", check=at_least(1))
     nfisher_radius: float | None = option(None, "nearest_fisher: top_fisher over the candidates within this "
                                           "Euclidean distance in input space (the nearest alone if none); an "

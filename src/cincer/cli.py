@@ -23,6 +23,7 @@ COMMANDS = [
     "cincer.commands.plot",
     "cincer.commands.compare",
     "cincer.commands.audit",
+    "cincer.commands.rankings",
 ]
 THREADS_ENV = "CINCER_THREADS"
 

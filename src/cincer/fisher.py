@@ -274,8 +274,20 @@ class ExplicitFisher:
         return self.U @ self.U.T / self.n
 
 
+def check_damping(damping: float, relative_damping: float) -> None:
+    """``damping`` (absolute, added to F) or ``relative_damping`` (a fraction of F's mean eigenvalue over the
+    subspace that holds its range: the same for data in any units), not both; 0 = pseudo-inverse."""
+    for name, value in (("damping", damping), ("relative_damping", relative_damping)):
+        if not value >= 0:
+            raise CincerError(f"{name} must be >= 0, got {value}")
+    if damping > 0 and relative_damping > 0:
+        raise CincerError("damping and relative_damping exclude each other: give one")
+
+
 class FisherSolver:
-    """Applies ``F^+`` (``damping == 0``, the paper's pseudo-inverse) or ``(F + damping I)^{-1}``.
+    """Applies ``F^+`` (``damping == 0``, the paper's pseudo-inverse) or ``(F + damping I)^{-1}``;
+    ``relative_damping=r`` sets ``damping = r tr(F) / d``, ``d`` the dimension of the subspace that holds F's
+    range (``.damping`` is then the value used).
 
     Factorises once in whichever space is smaller: the parameters (``d x d``; for the top layer the
     ``(C-1)(H+1)`` subspace that holds the range of ``F``) or the Gram matrix of the factor
@@ -286,9 +298,8 @@ class FisherSolver:
     """
 
     def __init__(self, factor: FisherFactor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL,
-                 method: str = "auto", factorization: str = "auto") -> None:
-        if damping < 0:
-            raise CincerError(f"damping must be >= 0, got {damping}")
+                 method: str = "auto", factorization: str = "auto", relative_damping: float = 0.0) -> None:
+        check_damping(damping, relative_damping)
         if factorization not in ("auto", "eigh"):
             raise CincerError(f"unknown factorization {factorization!r} (auto, eigh)")
         self.factor, self.damping, self.rtol = factor, damping, rtol
@@ -298,12 +309,16 @@ class FisherSolver:
         self.method = ("dense" if dim <= factor.rank_bound else "gram") if method == "auto" else method
         if self.method == "dense":
             S = self._sub.dense_sub() if self._sub is not None else factor.dense()
+            if relative_damping > 0:  # a fraction of the mean eigenvalue over the subspace that holds F's range
+                damping = self.damping = relative_damping * float(torch.diagonal(S).sum()) / max(dim, 1)
             if damping > 0:
                 self._inv = _Inverse.cholesky(S + damping * torch.eye(len(S), dtype=S.dtype, device=S.device))
             else:
                 self._inv = _Inverse.pinv(S, rtol, factorization)
         elif self.method == "gram":
             M = factor.gram()
+            if relative_damping > 0:  # tr F = tr M / n
+                damping = self.damping = relative_damping * float(torch.diagonal(M).sum()) / (factor.n * max(dim, 1))
             if damping > 0:  # (UU^T/n + l I)^{-1} = (I - U (n l I + M)^{-1} U^T) / l
                 eye = torch.eye(len(M), dtype=M.dtype, device=M.device)
                 self._inv = _Inverse.cholesky(M + factor.n * damping * eye)
@@ -347,9 +362,8 @@ class KroneckerFisherSolver:
     """
 
     def __init__(self, H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL,
-                 eigenvalue_corrected: bool = True, chunk: int = DEFAULT_CHUNK) -> None:
-        if damping < 0:
-            raise CincerError(f"damping must be >= 0, got {damping}")
+                 eigenvalue_corrected: bool = True, chunk: int = DEFAULT_CHUNK, relative_damping: float = 0.0) -> None:
+        check_damping(damping, relative_damping)
         n, C, A = len(H), P.shape[1], H.shape[1] + 1
         work = torch.float64  # eigendecompositions in double precision whatever the model's dtype
         G, S = P.new_zeros(C, C, dtype=work), H.new_zeros(A, A, dtype=work)
@@ -373,6 +387,9 @@ class KroneckerFisherSolver:
         else:
             scale = g_vals.clamp_min(0)[:, None] * s_vals.clamp_min(0)[None, :]
         progress.close()
+        if relative_damping > 0:  # the mean over the (C-1) A directions that hold F's range
+            damping = relative_damping * float(scale.sum()) / max((C - 1) * A, 1)
+        self.damping = damping
         if damping > 0:
             self.inv_scale = 1.0 / (scale + damping)
         else:
@@ -396,7 +413,7 @@ EXACT_FIM_BUDGET = 5e10  # multiply-adds; "auto" takes the exact FIM up to this 
 
 
 def top_layer_solver(H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, factorization: str = "auto",
-                     curvature: str = "auto") -> FisherSolver | KroneckerFisherSolver:
+                     curvature: str = "auto", relative_damping: float = 0.0) -> FisherSolver | KroneckerFisherSolver:
     """The inverse of the top-layer FIM over the rows of ``(H, P)``: exact (:class:`FisherSolver`), or
     EK-FAC / K-FAC (:class:`KroneckerFisherSolver`); ``"auto"`` is exact unless building it would take
     more than :data:`EXACT_FIM_BUDGET` multiply-adds, then EK-FAC. ``.method`` says which was used."""
@@ -405,8 +422,10 @@ def top_layer_solver(H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, 
     if curvature == "auto":
         curvature = "exact" if exact_fim_cost(len(H), P.shape[1], H.shape[1] + 1) <= EXACT_FIM_BUDGET else "ekfac"
     if curvature == "exact":
-        return FisherSolver(TopLayerFisher(H, P), damping=damping, factorization=factorization)
-    return KroneckerFisherSolver(H, P, damping=damping, eigenvalue_corrected=curvature == "ekfac")
+        return FisherSolver(TopLayerFisher(H, P), damping=damping, factorization=factorization,
+                            relative_damping=relative_damping)
+    return KroneckerFisherSolver(H, P, damping=damping, eigenvalue_corrected=curvature == "ekfac",
+                                 relative_damping=relative_damping)
 
 
 def exact_fim_cost(n: int, C: int, A: int) -> float:

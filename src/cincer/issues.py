@@ -10,7 +10,8 @@ the schema the out-of-core engine (:mod:`cincer.outofcore`) shares:
 ``suggested_label``, ``suspicion`` (higher = more suspicious: the margin ``P(suggested) - P(given)``),
 ``out_of_fold`` (the probabilities came from a model that did not train on the row: ``cv`` was used),
 then for ``j`` in ``1..k``: ``counterexample_{j}_key``, ``counterexample_{j}_label`` and
-``counterexample_{j}_score`` (the Fisher-kernel support of the suggested label; missing when fewer).
+``counterexample_{j}_score`` (the Fisher-kernel support of the suggested label, times the row's own
+probability of being mislabelled unless ``counterexamples="support"``; missing when fewer).
 
 Bad input is an :class:`~cincer.errors.InputError` naming the problem: a missing column, a single
 class, non-numeric feature columns, NaN/inf features or missing labels (with the rows' keys; or left
@@ -62,8 +63,11 @@ def _positive(name: str, value: Any, *, none: bool = False) -> int | None:
 
 
 def check_options(*, labels: Any, features: Any, text: Any, images: Any, id: Any, model: Any, cv: Any,
-                  budget: Any, k: Any, seed: Any) -> None:
+                  budget: Any, k: Any, seed: Any, counterexamples: Any = "suspect") -> None:
     """The options of an audit, checked before any data is read."""
+    from .select import check_counterexample_order
+
+    check_counterexample_order(counterexamples)
     if not isinstance(labels, str) or not labels:
         raise CincerError(f"labels must name the label column, got {labels!r}")
     given = [name for name, value in (("features", features), ("text", text), ("images", images)) if value is not None]
@@ -142,7 +146,7 @@ def find_label_issues(data: Any, *, labels: str, features: list[str] | None = No
                       images: str | Path | None = None, files: str | None = None, id: str | None = None,
                       model: str = "linear", cv: int | None = None, budget: int | None = None, k: int = 3,
                       seed: int = 0, drop_invalid: bool = False, threshold: float | None = None,
-                      train_config: Any = None) -> Any:
+                      train_config: Any = None, counterexamples: str = "suspect") -> Any:
     """The label issues of a table, most suspicious first, each with its counter-examples (CINCER).
 
     ``data``: a pandas DataFrame, or the path of a CSV / TSV / Parquet file or of a folder of Parquet
@@ -156,7 +160,10 @@ def find_label_issues(data: Any, *, labels: str, features: list[str] | None = No
     :meth:`cincer.Cleaner.audit`). ``budget``: at most this many issues (default: all). ``k``:
     counter-examples per issue. ``threshold``: the margin above which a row is an issue (default 0.2).
     ``drop_invalid``: leave out rows with NaN/inf features or no label (counted in the summary) instead
-    of refusing them.
+    of refusing them. ``counterexamples``: ``"suspect"`` (default: the rows' support of the suggested label,
+    CINCER's Fisher kernel, times their own probability of being mislabelled, out of fold with ``cv``:
+    supporters that are themselves likely wrong first, so a reader of each issue and its first counter-example
+    meets more wrong labels per row read; see docs/SCALE.md) or ``"support"`` (the support alone).
 
     Returns a pandas DataFrame in the schema of :mod:`cincer.issues` (:func:`issue_columns`);
     ``table.attrs["summary"]`` holds the rows read and used, the rows dropped, the classes, the estimated
@@ -165,7 +172,7 @@ def find_label_issues(data: Any, *, labels: str, features: list[str] | None = No
     """
     table, summary = audit_table(data, labels=labels, features=features, text=text, images=images, files=files,
                                  id=id, model=model, cv=cv, budget=budget, k=k, seed=seed, drop_invalid=drop_invalid,
-                                 threshold=threshold, train_config=train_config)
+                                 threshold=threshold, train_config=train_config, counterexamples=counterexamples)
     table.attrs["summary"] = summary
     return table
 
@@ -174,13 +181,13 @@ def audit_table(data: Any, *, labels: str, features: list[str] | None = None, te
                 images: str | Path | None = None, files: str | None = None, id: str | None = None,
                 model: str = "linear", cv: int | None = None, budget: int | None = None, k: int = 3, seed: int = 0,
                 drop_invalid: bool = False, threshold: float | None = None,
-                train_config: Any = None) -> tuple[Any, dict]:
+                train_config: Any = None, counterexamples: str = "suspect") -> tuple[Any, dict]:
     """:func:`find_label_issues` returning ``(table, summary)`` (what ``cincer audit`` writes)."""
     import pandas as pd
 
     start = time.perf_counter()
     check_options(labels=labels, features=features, text=text, images=images, id=id, model=model, cv=cv,
-                  budget=budget, k=k, seed=seed)
+                  budget=budget, k=k, seed=seed, counterexamples=counterexamples)
     if isinstance(data, pd.DataFrame):
         frame, source = data.reset_index(drop=True), "the DataFrame"
     elif isinstance(data, (str, Path)):
@@ -229,13 +236,13 @@ def audit_table(data: Any, *, labels: str, features: list[str] | None = None, te
                        kind=kind)
     Xm = _model_input(model, X, kind)
     cleaner.fit(Xm, y)
-    found = cleaner._issues(budget, cv)
+    found = cleaner._issues(budget, cv, counterexamples)
     table = _table(found, cleaner.classes_, cleaner.loop_.labels, keys, k)
     summary = {"rows": n_read, "rows_used": int(keep.sum()), "dropped": int(invalid.sum()),
                "dropped_by_reason": dropped, "classes": int(len(classes)),
                "class_names": [plain_value(c) for c in classes], "estimated_noise": found.disagreement,
                "issues": int(len(table)), "out_of_fold": cv is not None, "features": len(feature_names),
-               "input": kind, "model": model, "engine": "in-memory",
+               "input": kind, "model": model, "counterexamples": counterexamples, "engine": "in-memory",
                "seconds": round(time.perf_counter() - start, 3)}
     return table, summary
 

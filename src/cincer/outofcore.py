@@ -58,6 +58,7 @@ from .fisher import (
 from .inspect import margin_inspector
 from .issues import SHOWN_KEYS, issue_columns, plain_value
 from .progress import Progress
+from .select import check_counterexample_order
 
 MARGIN_THRESHOLD: float = pyinspect.signature(margin_inspector).parameters["threshold"].default
 DEFAULT_BUDGET = 1000      # issues returned when budget=None: every flagged row, at most this many
@@ -897,11 +898,12 @@ def query_vectors(solver: FisherSolver, Z: torch.Tensor, P: torch.Tensor, y: np.
     return solver.solve(g.reshape(q, C * A).T).T.reshape(q, C, A)
 
 
-def topk_supports(V: torch.Tensor, Z: torch.Tensor, P: torch.Tensor, y: np.ndarray, rows: np.ndarray, k: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def topk_supports(V: torch.Tensor, Z: torch.Tensor, P: torch.Tensor, y: np.ndarray, rows: np.ndarray, k: int,
+                  weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best candidates of each query among the rows ``(Z, P, y)`` (all candidates of those queries):
-    support ``-<F^+ g_t, g_k>`` (``top_fisher``'s sign) by :func:`cincer.fisher.top_layer_kernel`, in blocks of
-    rows small enough for :data:`SCORE_BYTES`. Returns ``(scores, rows)``, ``(q, min(k, n))`` each."""
+    support ``-<F^+ g_t, g_k>`` (``top_fisher``'s sign) by :func:`cincer.fisher.top_layer_kernel`, times
+    ``weight`` (one per row) if given, in blocks of rows small enough for :data:`SCORE_BYTES`. Returns
+    ``(scores, rows)``, ``(q, min(k, n))`` each."""
     q, C, _ = V.shape
     n = len(Z)
     width = min(k, n)
@@ -914,6 +916,8 @@ def topk_supports(V: torch.Tensor, Z: torch.Tensor, P: torch.Tensor, y: np.ndarr
     best_r = np.zeros((q, 0), dtype=np.int64)
     for s in range(0, n, step):
         support = -top_layer_kernel(Vc, Z[s:s + step], P[s:s + step], yt[s:s + step], chunk=step)
+        if weight is not None:
+            support = support * torch.from_numpy(weight[s:s + step]).to(support.dtype)
         w = min(k, support.shape[1])
         top = torch.topk(support, w, dim=1)
         best_s, best_r = merge_topk(best_s, best_r, top.values.double().numpy(), rows[s:s + step][top.indices.numpy()],
@@ -981,10 +985,16 @@ class Supports:
 
 
 def supports_chunk(state: Supports, chunk: Chunk, heads: list[Head], qs: QuerySet, k: int,
-                   dtype: torch.dtype) -> None:
+                   dtype: torch.dtype, suspect: bool = False) -> None:
     """Pass (d) on one chunk: each query's candidates in it (rows labelled with its prediction that its head
-    trained on) scored and merged into its running top-``k``."""
+    trained on) scored and merged into its running top-``k``; with ``suspect``, each support times the row's
+    own probability of being mislabelled (``1 - P(its label)``, out of fold with folds:
+    :func:`cincer.select.weigh_by_suspicion`)."""
     Z = chunk.Z.to(dtype)
+    wrong = None
+    if suspect:
+        own = own_probs(row_probs(heads, chunk, dtype), chunk.fold).double().numpy()
+        wrong = 1.0 - own[np.arange(len(chunk.y)), chunk.y]
     for f, head in enumerate(heads):
         mine_f = qs.of_head(f)
         if not mine_f:
@@ -996,27 +1006,31 @@ def supports_chunk(state: Supports, chunk: Chunk, heads: list[Head], qs: QuerySe
             if not len(cand):
                 continue
             s, r = topk_supports(qs.V[torch.from_numpy(g)], Z[torch.from_numpy(rows_f[cand])],
-                                 P[torch.from_numpy(cand)], chunk.y[rows_f[cand]], chunk.rows[rows_f[cand]], k)
+                                 P[torch.from_numpy(cand)], chunk.y[rows_f[cand]], chunk.rows[rows_f[cand]], k,
+                                 None if wrong is None else wrong[rows_f[cand]])
             state.scores[g], state.rows[g] = merge_topk(state.scores[g], state.rows[g], s, r, k)
     if chunk.keys is not None:
         wanted = np.isin(chunk.rows, state.rows)
         state.keys.update(zip(chunk.rows[wanted].tolist(), (plain_value(v) for v in np.asarray(chunk.keys)[wanted])))
 
 
-def counterexamples(plan: Plan, heads: list[Head], queries: TopRows, solvers: list[FisherSolver], k: int,
-                    dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, dict[int, Any]]:
+def find_counterexamples(plan: Plan, heads: list[Head], queries: TopRows, solvers: list[FisherSolver], k: int,
+                    dtype: torch.dtype, suspect: bool = False) -> tuple[np.ndarray, np.ndarray, dict[int, Any]]:
     """Pass (d) over the table (:func:`supports_chunk`): ``(scores, rows)`` of shape ``(q, k)`` and the keys of
     the rows in them."""
     qs = prepare_queries(queries, solvers, len(plan.classes), len(plan.features) + 1)
     state = Supports.empty(len(queries.rows), k)
     for chunk in chunks(plan, keys=plan.id is not None, desc="counter-examples"):
-        supports_chunk(state, chunk, heads, qs, k, dtype)
+        supports_chunk(state, chunk, heads, qs, k, dtype, suspect)
     return state.scores, state.rows, state.keys
 
 
 # --------------------------------------------------------------------------- the audit
 
-def check_options(*, budget: int | None, k: int, cv: int | None, memory: int, seed: int) -> None:
+def check_options(*, budget: int | None, k: int, cv: int | None, memory: int, seed: int,
+                  counterexamples: str = "suspect") -> None:
+    check_counterexample_order(counterexamples)
+
     def positive(name: str, value: Any, minimum: int) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise CincerError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -1033,7 +1047,8 @@ def check_options(*, budget: int | None, k: int, cv: int | None, memory: int, se
 def audit_table(path: str, *, labels: str, features: list[str] | None = None, id: str | None = None,
                 budget: int | None = None, k: int = 3, cv: int | None = None, memory: int = 2 * 2**30,
                 seed: int = 0, drop_invalid: bool = False, cluster: str | None = None, epochs: int | None = None,
-                dtype: torch.dtype = torch.float32, optimizer: str | None = None) -> tuple[Any, dict]:
+                dtype: torch.dtype = torch.float32, optimizer: str | None = None,
+                counterexamples: str = "suspect") -> tuple[Any, dict]:
     """The label issues of the table at ``path``, most suspicious first, streamed within ``memory`` bytes.
 
     ``labels``: the label column; ``features``: the feature columns (default: every numeric column but the
@@ -1048,13 +1063,14 @@ def audit_table(path: str, *, labels: str, features: list[str] | None = None, id
     precision of the head and the per-batch products (the FIM sums and their factorisation are float64).
     ``optimizer``: ``"adam"`` (one machine's default: mini-batch Adam, :func:`train_heads`) or ``"lbfgs"``
     (full-batch L-BFGS, one pass per evaluation, :func:`fit_lbfgs`: the cluster's only choice).
+    ``counterexamples``: ``"support"`` or ``"suspect"`` (see :func:`cincer.find_label_issues`).
 
     Returns ``(table, summary)``: a pandas DataFrame with :func:`issue_columns` and a dict with ``rows``
     (read), ``rows_used``, ``rows_dropped``, ``classes``, ``class_names``, ``estimated_noise`` (the share of
     rows whose prediction disagrees with the label), ``flagged``, ``issues``, ``seconds``,
     ``peak_rss_bytes``, ``passes``, ``epochs``, ``batch_rows``.
     """
-    check_options(budget=budget, k=k, cv=cv, memory=memory, seed=seed)
+    check_options(budget=budget, k=k, cv=cv, memory=memory, seed=seed, counterexamples=counterexamples)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise CincerError(f"epochs must be an integer >= 1, got {epochs!r}")
     if optimizer not in (None, "adam", "lbfgs"):
@@ -1064,21 +1080,22 @@ def audit_table(path: str, *, labels: str, features: list[str] | None = None, id
             raise CincerError("on a cluster the head is trained by full-batch L-BFGS (optimizer='lbfgs'): "
                               "mini-batch Adam is sequential")
         return audit_on_cluster(path, labels=labels, features=features, id=id, budget=budget, k=k, cv=cv,
-                                memory=memory, seed=seed, drop_invalid=drop_invalid, cluster=cluster, dtype=dtype)
+                                memory=memory, seed=seed, drop_invalid=drop_invalid, cluster=cluster, dtype=dtype,
+                                counterexamples=counterexamples)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
             return _audit(path, labels=labels, features=features, id=id, budget=budget, k=k, cv=cv, memory=memory,
                           seed=seed, drop_invalid=drop_invalid, epochs=epochs, dtype=dtype,
-                          optimizer=optimizer or "adam")
+                          optimizer=optimizer or "adam", counterexamples=counterexamples)
     finally:
         torch.set_num_threads(threads)
 
 
 def _audit(path: str, *, labels: str, features: list[str] | None, id: str | None, budget: int | None, k: int,
            cv: int | None, memory: int, seed: int, drop_invalid: bool, epochs: int | None,
-           dtype: torch.dtype, optimizer: str) -> tuple[Any, dict]:
+           dtype: torch.dtype, optimizer: str, counterexamples: str) -> tuple[Any, dict]:
     start = time.perf_counter()
     size = DEFAULT_BUDGET if budget is None else budget
     table = open_table(path)
@@ -1105,7 +1122,7 @@ def _audit(path: str, *, labels: str, features: list[str] | None, id: str | None
     passes = 1 + epochs + 1
     queries = probed.queries
     if k and len(queries.rows):
-        scores, best, keys = counterexamples(plan, heads, queries, solvers, k, dtype)
+        scores, best, keys = find_counterexamples(plan, heads, queries, solvers, k, dtype, counterexamples == "suspect")
         passes += 1
     else:
         scores, best, keys = np.zeros((len(queries.rows), k)), np.full((len(queries.rows), k), -1), {}
@@ -1115,6 +1132,7 @@ def _audit(path: str, *, labels: str, features: list[str] | None, id: str | None
                "classes": len(plan.classes), "class_names": [plain_value(c) for c in plan.classes],
                "estimated_noise": probed.disagree / max(plan.n_used, 1), "flagged": probed.flagged,
                "issues": len(frame), "budget": size, "out_of_fold": cv is not None, "features": len(plan.features),
+               "counterexamples": counterexamples,
                "optimizer": optimizer, "epochs": epochs, "batch_size": batch_size_for(plan.n_used),
                "passes": passes,
                "batch_rows": plan.batch_rows, "memory_bytes": memory,
@@ -1179,11 +1197,11 @@ def _cluster_probe(chunk: Chunk, heads: list[Head], budget: int, dtype: torch.dt
 
 
 def _cluster_supports(chunk: Chunk, heads: list[Head], queries: QuerySet, k: int, id_keys: bool,
-                      dtype: torch.dtype) -> Supports:
+                      dtype: torch.dtype, suspect: bool) -> Supports:
     torch.set_num_threads(1)
     state = Supports.empty(len(queries.pred), k)
     supports_chunk(state, chunk if id_keys else Chunk(chunk.rows, chunk.Z, chunk.y, None, chunk.fold), heads,
-                   queries, k, dtype)
+                   queries, k, dtype, suspect)
     return state
 
 
@@ -1193,7 +1211,7 @@ def _merge(a: Any, b: Any) -> Any:
 
 def audit_on_cluster(path: str, *, labels: str, features: list[str] | None, id: str | None, budget: int | None,
                      k: int, cv: int | None, memory: int, seed: int, drop_invalid: bool, cluster: str,
-                     dtype: torch.dtype = torch.float32) -> tuple[Any, dict]:
+                     dtype: torch.dtype = torch.float32, counterexamples: str = "suspect") -> tuple[Any, dict]:
     """:func:`audit_table` on a Dask cluster (:mod:`cincer.cluster`): the same passes on the table's partitions,
     kept in the workers' memory, with the per-batch functions above; the head trained by full-batch L-BFGS
     (:func:`fit_lbfgs`, each evaluation a map of :func:`gradient_chunk` and a tree sum: mini-batch steps are
@@ -1212,7 +1230,7 @@ def audit_on_cluster(path: str, *, labels: str, features: list[str] | None, id: 
         with torch.no_grad():
             return _audit_on_cluster(client, table, start, labels=labels, features=feature_names, id=id,
                                      budget=size, k=k, cv=cv, memory=memory, seed=seed, drop_invalid=drop_invalid,
-                                     cluster=cluster, dtype=dtype)
+                                     cluster=cluster, dtype=dtype, counterexamples=counterexamples)
     except (OSError, TimeoutError) as err:
         raise CincerError(f"cluster={cluster!r}: {one_line(err)}") from None
     finally:
@@ -1224,7 +1242,7 @@ def audit_on_cluster(path: str, *, labels: str, features: list[str] | None, id: 
 
 def _audit_on_cluster(client: Any, table: Table, start: float, *, labels: str, features: list[str], id: str | None,
                       budget: int, k: int, cv: int | None, memory: int, seed: int, drop_invalid: bool, cluster: str,
-                      dtype: torch.dtype) -> tuple[Any, dict]:
+                      dtype: torch.dtype, counterexamples: str) -> tuple[Any, dict]:
     import dask
 
     from .cluster import partitions, repeated, tree
@@ -1274,7 +1292,8 @@ def _audit_on_cluster(client: Any, table: Table, start: float, *, labels: str, f
     keys: dict[int, Any] = {}
     if k and len(queries.rows):
         qs = client.scatter(prepare_queries(queries, solvers, C, A), broadcast=True)
-        found = tree(client, [dask.delayed(_cluster_supports)(c, heads, qs, k, id is not None, dtype)
+        found = tree(client, [dask.delayed(_cluster_supports)(c, heads, qs, k, id is not None, dtype,
+                                                              counterexamples == "suspect")
                               for c in prepared], _merge)
         scores, best, keys = found.scores, found.rows, found.keys
         passes += 1
@@ -1287,6 +1306,7 @@ def _audit_on_cluster(client: Any, table: Table, start: float, *, labels: str, f
                "classes": C, "class_names": [plain_value(c) for c in plan.classes],
                "estimated_noise": probed.disagree / max(plan.n_used, 1), "flagged": probed.flagged,
                "issues": len(issues), "budget": budget, "out_of_fold": cv is not None, "features": len(features),
+               "counterexamples": counterexamples,
                "optimizer": "lbfgs", "epochs": evaluations, "passes": passes, "partitions": len(prepared),
                "workers": workers, "cluster": cluster,
                "fisher": f"exact top-layer FIM, {(C - 1) * A} x {(C - 1) * A} subspace, "

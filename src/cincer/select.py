@@ -36,6 +36,7 @@ from .fisher import (
     DiagonalFisherSolver,
     FisherSolver,
     KroneckerFisherSolver,
+    check_damping,
     fisher_blocks,
     fisher_diagonal,
     full_fisher,
@@ -75,6 +76,23 @@ class Ranking:
     @property
     def best(self) -> int | None:
         return int(self.indices[0]) if len(self.indices) else None
+
+
+# how an audit orders each issue's counter-examples (see weigh_by_suspicion)
+COUNTEREXAMPLE_ORDERS = ("support", "suspect")
+
+
+def check_counterexample_order(value: Any) -> None:
+    if value not in COUNTEREXAMPLE_ORDERS:
+        raise CincerError(f"counterexamples must be one of {', '.join(COUNTEREXAMPLE_ORDERS)}, got {value!r}")
+
+
+def weigh_by_suspicion(ranking: Ranking, own_label_probs: np.ndarray) -> Ranking:
+    """``ranking`` reordered by support x the candidate's own probability of being mislabelled, ``1 - P(its
+    label)`` (``own_label_probs``, one per ranked candidate, out of fold where the audit is): of the examples
+    that support the model's doubt, those that are themselves likely wrong first, so a reader who checks the
+    issue and its counter-example meets more wrong labels per example read (docs/SCALE.md)."""
+    return Ranking.from_scores(ranking.indices, ranking.scores * (1.0 - np.asarray(own_label_probs, np.float64)))
 
 
 Solver = FisherSolver | KroneckerFisherSolver | DiagonalFisherSolver | BlockFisherSolver
@@ -226,15 +244,15 @@ class SelectionContext:
             self.cache.ensure(self.learner, self.X, idx, self.version)
 
     def fisher_solver(self, fim_examples: np.ndarray, *, damping: float = 0.0, factorization: str = "auto",
-                      curvature: str = "auto") -> Solver:
+                      curvature: str = "auto", relative_damping: float = 0.0) -> Solver:
         """The factorised top-layer FIM over ``fim_examples`` (see :func:`cincer.fisher.top_layer_solver`)."""
         def build() -> Solver:
             return top_layer_solver(*self.features(fim_examples), damping=damping, factorization=factorization,
-                                    curvature=curvature)
+                                    curvature=curvature, relative_damping=relative_damping)
         if self.cache is None:
             return build()
         key = (hashlib.sha1(np.ascontiguousarray(fim_examples, dtype=np.int64).tobytes()).hexdigest(), damping,
-               factorization, curvature)
+               factorization, curvature, relative_damping)
         return self.cache.solver(self.version, key, build)
 
 
@@ -284,28 +302,28 @@ def sample_indices(known: np.ndarray, n_samples: int | None, rng: np.random.Gene
     return rng.choice(known, size=n_samples, replace=False)
 
 
-def check_fim_options(fim_samples: int | None, damping: float) -> None:
+def check_fim_options(fim_samples: int | None, damping: float, relative_damping: float = 0.0) -> None:
     if fim_samples is not None and (not isinstance(fim_samples, (int, np.integer)) or fim_samples < 1):
         raise CincerError(f"fim_samples must be a positive integer or None (all known examples), got {fim_samples!r}")
-    if not damping >= 0:
-        raise CincerError(f"damping must be >= 0, got {damping}")
+    check_damping(damping, relative_damping)
 
 
 # --------------------------------------------------------------------------- Fisher kernels
 
 def top_fisher_ranking(learner: Learner, X: torch.Tensor, labels: np.ndarray, target: int,
                        candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float = 0.0,
-                       factorization: str = "auto", curvature: str = "auto") -> Ranking:
+                       factorization: str = "auto", curvature: str = "auto", relative_damping: float = 0.0) -> Ranking:
     """CINCER: rank candidates by ``-g_t^T F^{-1} g_k`` over the top layer, in closed form."""
     return _top_fisher(lambda idx: learner.features_and_probs(X[idx]), None, labels, target,
                        np.asarray(candidates), np.asarray(fim_examples), damping=damping, factorization=factorization,
-                       curvature=curvature)
+                       curvature=curvature, relative_damping=relative_damping)
 
 
 def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
                 solver_of: Callable[[np.ndarray], Solver] | None, labels: np.ndarray, target: int,
                 candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float, factorization: str,
-                curvature: str, prefetch: Callable[[np.ndarray], None] | None = None) -> Ranking:
+                curvature: str, relative_damping: float = 0.0,
+                prefetch: Callable[[np.ndarray], None] | None = None) -> Ranking:
     """:func:`top_fisher_ranking` from a source of features and, when they are cached, of factorised FIMs
     (then the candidates are scored a chunk of cached features at a time)."""
     idx = np.concatenate([[target], candidates, fim_examples]).astype(np.int64)
@@ -314,7 +332,8 @@ def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tenso
     if solver_of is None:  # the FIM from the features just computed: one forward pass in all
         H, P = features(idx)
         solver: Solver = top_layer_solver(H[1 + n_cand:], P[1 + n_cand:], damping=damping,
-                                          factorization=factorization, curvature=curvature)
+                                          factorization=factorization, curvature=curvature,
+                                          relative_damping=relative_damping)
         y = y.to(H.device)
         chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [(H[1:1 + n_cand], P[1:1 + n_cand], y[1:])]
     else:
@@ -333,13 +352,14 @@ def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tenso
 
 @SELECTORS.register("top_fisher")
 def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto",
-               curvature: str = "auto") -> Selector:
+               curvature: str = "auto", relative_damping: float = 0.0) -> Selector:
     """Top-layer Fisher kernel. FIM over ``fim_samples`` random known examples (default: all of them;
     the paper used 30), pseudo-inverted (``damping == 0``, the paper) or damped; ``factorization="eigh"``
     skips the Cholesky shortcut of the pseudo-inverse (see :class:`cincer.fisher.FisherSolver`);
     ``curvature``: the exact FIM, EK-FAC or K-FAC, or ``"auto"`` (exact unless too costly to build, see
-    :func:`cincer.fisher.top_layer_solver`)."""
-    options = _top_fisher_options(fim_samples, damping, factorization, curvature)
+    :func:`cincer.fisher.top_layer_solver`); ``relative_damping``: damping as a fraction of the FIM's mean
+    eigenvalue (scale-free; excludes ``damping``)."""
+    options = _top_fisher_options(fim_samples, damping, factorization, curvature, relative_damping)
 
     def select(ctx: SelectionContext) -> Ranking:
         return _top_fisher_of(ctx, ctx.candidates, fim_samples, options)
@@ -347,14 +367,16 @@ def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorizati
     return Selector(select, prepare=_top_fisher_prepare(fim_samples, options))
 
 
-def _top_fisher_options(fim_samples: int | None, damping: float, factorization: str, curvature: str) -> dict[str, Any]:
+def _top_fisher_options(fim_samples: int | None, damping: float, factorization: str, curvature: str,
+                        relative_damping: float = 0.0) -> dict[str, Any]:
     """The checked options of a top-layer Fisher ranking (``top_fisher``, ``nearest_fisher``, ``drop_ce``)."""
-    check_fim_options(fim_samples, damping)
+    check_fim_options(fim_samples, damping, relative_damping)
     if factorization not in ("auto", "eigh"):
         raise CincerError(f"factorization must be auto or eigh, got {factorization!r}")
     if curvature not in CURVATURES:
         raise CincerError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
-    return {"damping": damping, "factorization": factorization, "curvature": curvature}
+    return {"damping": damping, "factorization": factorization, "curvature": curvature,
+            "relative_damping": relative_damping}
 
 
 def _top_fisher_of(ctx: SelectionContext, candidates: np.ndarray, fim_samples: int | None,
@@ -611,6 +633,7 @@ def no_counterexample() -> Selector:
 
 @SELECTORS.register("drop_ce")
 def drop_counterexample(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto",
-                        curvature: str = "auto") -> Selector:
+                        curvature: str = "auto", relative_damping: float = 0.0) -> Selector:
     """Query the suspicious example alone; if its label is right, drop CINCER's counter-example from D."""
-    return dataclasses.replace(top_fisher(fim_samples, damping, factorization, curvature), policy="drop")
+    return dataclasses.replace(top_fisher(fim_samples, damping, factorization, curvature, relative_damping),
+                               policy="drop")

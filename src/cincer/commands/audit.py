@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "rows first, each with its counter-examples",
         description="Trains a model on the table (a linear head on the feature columns by default), flags the rows "
                     "whose label the model doubts (margin P(suggested) - P(given) above 0.2) and ranks, for each, "
-                    "the training rows that most support the suggested label (CINCER's counter-examples). Writes "
+                    "the training rows that support the suggested label (CINCER's counter-examples; by default "
+                    "those that are themselves likely mislabelled first, see --counterexamples). Writes "
                     "one row per issue, most suspicious first: key, given_label, suggested_label, suspicion, "
                     "out_of_fold, then counterexample_J_key/_label/_score for J = 1..k; and FILE.json with every "
                     f"option and the summary. Estimated noise: {NOISE_HELP}. Tables above --memory (or any table "
@@ -57,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "every row)")
     p.add_argument("--budget", type=int, default=None, metavar="N", help="write at most N issues (default: all)")
     p.add_argument("--k", type=int, default=3, help="counter-examples per issue (default: 3)")
+    p.add_argument("--counterexamples", default="suspect", choices=("suspect", "support"),
+                   help="suspect (default): the training rows' support of the suggested label (CINCER's Fisher "
+                        "kernel) times their own probability of being mislabelled (out of fold with --cv), so the "
+                        "counter-examples shown are more often wrong labels themselves; support: the support alone")
     p.add_argument("--seed", type=int, default=0, help="random seed of the folds and the network (default: 0)")
     p.add_argument("--drop-invalid", action="store_true",
                    help="leave out rows with NaN/inf features or no label (counted in the summary) instead of "
@@ -88,7 +93,8 @@ def main(args: argparse.Namespace) -> int:
     if args.files is not None and args.images is None:
         raise CincerError("--files goes with --images")
     issues.check_options(labels=args.labels, features=features, text=args.text, images=args.images, id=args.id,
-                         model=args.model, cv=args.cv, budget=args.budget, k=args.k, seed=args.seed)
+                         model=args.model, cv=args.cv, budget=args.budget, k=args.k, seed=args.seed,
+                         counterexamples=args.counterexamples)
     memory = tables.default_memory() if args.memory is None else tables.parse_size(args.memory)
     source = tables.check_source(args.data)
     estimate = tables.memory_estimate(source)
@@ -105,19 +111,21 @@ def main(args: argparse.Namespace) -> int:
 
         table, summary = outofcore_audit(str(source), labels=args.labels, features=features, id=args.id,
                                          budget=args.budget, k=args.k, cv=args.cv, memory=memory, seed=args.seed,
-                                         drop_invalid=args.drop_invalid, cluster=args.cluster)
+                                         drop_invalid=args.drop_invalid, cluster=args.cluster,
+                                         counterexamples=args.counterexamples)
         summary = {"engine": "out-of-core" if args.cluster is None else "dask", **dict(summary)}
     else:
         table, summary = issues.audit_table(source, labels=args.labels, features=features, text=args.text,
                                             images=args.images, files=args.files, id=args.id, model=args.model,
                                             cv=args.cv, budget=args.budget, k=args.k, seed=args.seed,
-                                            drop_invalid=args.drop_invalid)
+                                            drop_invalid=args.drop_invalid, counterexamples=args.counterexamples)
     summary["memory_estimate_bytes"] = int(estimate)
     summary["seconds_total"] = round(time.perf_counter() - start, 3)
     config = {"command": "audit", "input": str(source.resolve()), "output": str(out.resolve()),
               "options": {"labels": args.labels, "features": features, "text": args.text,
                           "images": None if args.images is None else str(args.images), "files": args.files,
                           "id": args.id, "model": args.model, "cv": args.cv, "budget": args.budget, "k": args.k,
+                          "counterexamples": args.counterexamples,
                           "seed": args.seed, "drop_invalid": args.drop_invalid, "memory": memory,
                           "cluster": args.cluster, "threads": getattr(args, "threads", None)},
               "columns": [str(c) for c in table.columns], "estimated_noise_means": NOISE_HELP,

@@ -18,16 +18,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "Q3: top_fisher, top_fisher_paper, practical_fisher, nearest, influence, "
                                    "random, upper_bound. Finished methods are skipped unless --force.")
     p.add_argument("question", choices=sorted(QUESTIONS))
+    add_experiment_options(p, methods=None, methods_help="comma-separated subset (default: the question's)")
+    p.set_defaults(func=main)
+
+
+def add_experiment_options(p: argparse.ArgumentParser, *, methods: str | None, methods_help: str) -> None:
+    """The options of an experiment (its configuration, methods, overrides, jobs, device, force, out)."""
     ExperimentConfig.add_arguments(p)
-    p.add_argument("--methods", default=None,
-                   help=f"comma-separated subset (default: the question's); known: {', '.join(METHODS)}")
+    p.add_argument("--methods", default=methods, help=f"{methods_help}; known: {', '.join(METHODS)}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=JSON",
-                   help='any other RunConfig field, e.g. --set damping=1e-3 --set \'train={"batch_size": 64}\'')
+                   help='any other RunConfig field, e.g. --set relative_damping=1 --set retrain=head '
+                        '--set \'train={"batch_size": 64}\'')
     p.add_argument("--jobs", type=int, default=1, help="methods run in parallel (local processes; default 1)")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--force", action="store_true", help="rerun finished methods")
     p.add_argument("--out", type=Path, required=True, help="experiment folder")
-    p.set_defaults(func=main)
+
+
+def experiment_from_args(args: argparse.Namespace, question: str) -> ExperimentConfig:
+    """The experiment the options describe, checked before anything is written."""
+    if args.jobs < 1:
+        raise CincerError(f"--jobs must be at least 1, got {args.jobs}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    exp = ExperimentConfig.from_args(args, ExperimentConfig(question=question, methods=methods,
+                                                            overrides=parse_overrides(args.overrides)))
+    resolve_device(args.device)  # a bad name fails before anything is written
+    return exp
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -44,12 +60,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        raise CincerError(f"--jobs must be at least 1, got {args.jobs}")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    exp = ExperimentConfig.from_args(args, ExperimentConfig(question=args.question, methods=methods,
-                                                            overrides=parse_overrides(args.overrides)))
-    resolve_device(args.device)  # a bad name fails before anything is written
+    exp = experiment_from_args(args, args.question)
     frame = run_experiment(exp, args.out, force=args.force, jobs=args.jobs, threads=args.threads,
                            device=args.device)
     cols = [c for c in ("method", "status", "f1_final_mean", "f1_final_std", "cleaned_final_mean",

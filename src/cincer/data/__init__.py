@@ -1,7 +1,8 @@
 """Data sets by name, and label noise.
 
 Adding a data set is one function registered in ``DATASETS``: it takes ``seed`` and returns a
-:class:`Dataset` (clean labels, train/test split, preprocessing done).
+:class:`Dataset` (clean labels, train/test split, preprocessing done). A user's own table becomes one with
+:func:`add_table` (``cincer data add``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from . import uci as _uci  # noqa: F401
 from .base import Dataset
 from .noise import MARGIN_KINDS, NOISE_KINDS, NOISE_NEEDS, flip_labels, probability_margins
 from .registry import DATASETS, load_dataset
+from .user import add_table, register_saved, remove_table
 
-__all__ = ["DATASETS", "Dataset", "MARGIN_KINDS", "NOISE_KINDS", "NOISE_NEEDS", "flip_labels", "load_dataset",
-           "probability_margins"]
+register_saved()  # the tables a user added (cincer data add), after the built-in names
+
+__all__ = ["DATASETS", "Dataset", "MARGIN_KINDS", "NOISE_KINDS", "NOISE_NEEDS", "add_table", "flip_labels",
+           "load_dataset", "probability_margins", "remove_table"]
