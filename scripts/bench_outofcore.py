@@ -43,7 +43,7 @@ def run_one(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     table, summary = audit_table(str(data / "data"), labels="label", features=None, id="id", budget=args.budget,
                                  k=3, cv=args.cv, memory=parse_size(args.memory), seed=args.seed,
-                                 drop_invalid=False, cluster=args.cluster)
+                                 drop_invalid=False, cluster=args.cluster, counterexamples=args.counterexamples)
     wall = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     workers = resource.getrusage(resource.RUSAGE_CHILDREN)  # local:N workers, once closed: the largest's peak
@@ -61,7 +61,7 @@ def run_one(args: argparse.Namespace) -> int:
               "precision_at_budget": round(found / max(1, len(table)), 4),
               "counterexamples_planted_share": round(float(np.mean([k in flipped for k in ce])) if ce else 0.0, 4),
               "estimated_noise": round(summary["estimated_noise"], 4), "fisher": summary["fisher"],
-              "optimizer": summary["optimizer"]}
+              "optimizer": summary["optimizer"], "counterexamples": args.counterexamples}
     if args.cluster:
         result.update(cluster=args.cluster, partitions=summary["partitions"],
                       worker_peak_rss_gib=round(workers.ru_maxrss * 1024 / 2**30, 3),
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cluster", default=None, help="a Dask scheduler address or local:N (default: one process)")
+    parser.add_argument("--counterexamples", default="support", choices=("support", "suspect"),
+                        help="their order (default: support, as the published figures; the audit's default is "
+                             "suspect)")
     parser.add_argument("--data", type=Path, default=Path("/tmp/cincer_big"), help="where the data are written")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "results" / "outofcore.json")
     parser.add_argument("--markdown", action="store_true", help="print --json's figures as a table and stop")
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                             "--seed", str(args.seed), "--out", str(data)], check=True)
         load = os.getloadavg()[0]
         command = [sys.executable, __file__, "--one", str(data), "--memory", args.memory, "--budget",
-                   str(args.budget), "--seed", str(args.seed)] + (["--cv", str(args.cv)] if args.cv else []) \
+                   str(args.budget), "--seed", str(args.seed), "--counterexamples", args.counterexamples] \
+            + (["--cv", str(args.cv)] if args.cv else []) \
             + (["--cluster", args.cluster] if args.cluster else [])
         out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
