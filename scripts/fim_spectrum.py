@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cincer.data import load_dataset
+from cincer.experiments.protocols import default_known
 from cincer.experiments.simulate import RunConfig, draw_repeat, new_learner
 from cincer.fisher import TopLayerFisher, top_layer_scores
 from cincer.models import TrainConfig
@@ -27,7 +28,7 @@ from cincer.select import top_fisher_ranking
 
 
 def analyse(dataset: str, model: str, repeats: int, dampings: list[float]) -> dict:
-    config = RunConfig(dataset=dataset, model=model, known=500 if dataset == "rotten_tomatoes" else 100,
+    config = RunConfig(dataset=dataset, model=model, known=default_known(dataset),
                        rounds=100, repeats=repeats, train=TrainConfig(epochs=100))
     data = load_dataset(dataset, seed=config.seed)
     out: dict = {"dataset": dataset, "model": model, "repeats": repeats, "spectrum": [], "rankings": {}}

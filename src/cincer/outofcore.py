@@ -991,16 +991,18 @@ def supports_chunk(state: Supports, chunk: Chunk, heads: list[Head], qs: QuerySe
     own probability of being mislabelled (``1 - P(its label)``, out of fold with folds:
     :func:`cincer.select.weigh_by_suspicion`)."""
     Z = chunk.Z.to(dtype)
-    wrong = None
-    if suspect:
-        own = own_probs(row_probs(heads, chunk, dtype), chunk.fold).double().numpy()
+    probs, wrong = None, None
+    if suspect:  # every head's probabilities once: each row's own (out of fold) and each head's candidates'
+        probs = row_probs(heads, chunk, dtype)
+        own = own_probs(probs, chunk.fold).double().numpy()
         wrong = 1.0 - own[np.arange(len(chunk.y)), chunk.y]
     for f, head in enumerate(heads):
         mine_f = qs.of_head(f)
         if not mine_f:
             continue
         rows_f = np.flatnonzero(chunk.fold != f) if chunk.fold is not None else np.arange(len(chunk.rows))
-        P = head.probs(Z[torch.from_numpy(rows_f)])
+        index = torch.from_numpy(rows_f)
+        P = probs[f][index] if probs is not None else head.probs(Z[index])
         for c, g in mine_f:
             cand = np.flatnonzero(chunk.y[rows_f] == c)
             if not len(cand):

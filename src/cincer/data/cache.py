@@ -37,9 +37,14 @@ def cache_key(name: str, version: int, seed: int | None, **params) -> str:
     return f"{name}-v{version}{extra}"
 
 
+def datasets_dir() -> Path:
+    """Where the cached data sets are: ``cache_dir()/datasets``."""
+    return cache_dir() / "datasets"
+
+
 def cache_paths(key: str) -> tuple[Path, Path]:
     """The ``.npz`` and its ``.json`` sidecar for ``key``."""
-    folder = cache_dir() / "datasets"
+    folder = datasets_dir()
     return folder / f"{key}.npz", folder / f"{key}.json"  # not with_suffix: keys may hold dots
 
 

@@ -47,9 +47,8 @@ def _loader(name: str, source: str) -> Callable[..., Dataset]:
 
 def saved() -> dict[str, str]:
     """The tables added on this machine: name -> source (the table's path)."""
-    folder = cache.cache_paths(_key("x"))[0].parent
     out = {}
-    for path in sorted(folder.glob(f"{PREFIX}*.json")):
+    for path in sorted(cache.datasets_dir().glob(f"{PREFIX}*.json")):
         try:  # the sidecar alone (cheap at import); the checksum is verified when the data set is loaded
             sidecar = json.loads(path.read_text())
             if sidecar["meta"]["user_table"] and _key(sidecar["name"]) == sidecar["key"]:
@@ -85,7 +84,7 @@ def add_table(name: str, path: str | Path, *, labels: str, features: list[str] |
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import MinMaxScaler
 
-    from ..issues import _inputs, check_options, plain_value
+    from ..issues import _inputs, _require, check_options, plain_value
     from ..tables import check_source, read_table
     from ..validation import check_labels
 
@@ -96,8 +95,7 @@ def add_table(name: str, path: str | Path, *, labels: str, features: list[str] |
         raise CincerError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
     source = check_source(path)
     frame = read_table(source)
-    if labels not in frame.columns:
-        raise InputError(f"labels: no column {labels!r} in {source.name}")
+    _require(frame, labels, "labels", source.name)
     X, feature_names, kind = _inputs(frame, features=features, text=text, images=images, files=files,
                                      exclude=[labels], source=source.name, seed=seed)
     flat = X.reshape(len(X), -1)
