@@ -34,6 +34,7 @@ from cincer import (
     register_selector,
 )
 from cincer.errors import CincerError
+from cincer.fisher import DEFAULT_TRUNCATE
 from cincer.learners import TorchLearner
 from cincer.models import TrainConfig, build_model
 from cincer.select import SELECTORS, SelectionContext, top_fisher_ranking
@@ -286,12 +287,16 @@ def test_counterexamples_match_a_dense_numpy_fisher_kernel():
     predicted = 1 - target
     assert len(idx) == 4 and np.all(y[idx] == predicted) and np.all(np.diff(scores) <= 0)
     # independent check: g = (e_y - p) (x) [x; 1] over the equivalent 2-class softmax layer, F^+ by numpy
+    # without the eigendirections below DEFAULT_TRUNCATE x the mean eigenvalue over F's (C-1)(A) = 4-dim range
     P = model.predict_proba(np.vstack([X, x]))
     H = np.hstack([np.vstack([X, x]), np.ones((61, 1))])
     labels = np.append(y, target)
     G = (np.eye(2)[labels] - P)[:, :, None] * H[:, None, :]
     F = sum(np.kron(np.diag(p) - np.outer(p, p), np.outer(h, h)) for p, h in zip(P[:60], H[:60])) / 60
-    support = -(G[:60].reshape(60, -1) @ np.linalg.pinv(F, rcond=1e-10, hermitian=True) @ G[60].reshape(-1))
+    vals, vecs = np.linalg.eigh(F)
+    keep = (vals >= DEFAULT_TRUNCATE * np.trace(F) / 4) & (vals > 1e-10 * vals.max())
+    F_inv = vecs[:, keep] @ np.diag(1 / vals[keep]) @ vecs[:, keep].T
+    support = -(G[:60].reshape(60, -1) @ F_inv @ G[60].reshape(-1))
     candidates = np.flatnonzero(y == predicted)
     best = candidates[np.argsort(-support[candidates], kind="stable")[:4]]
     np.testing.assert_array_equal(idx, best)
@@ -310,7 +315,7 @@ def test_counterexamples_with_a_torch_model_match_the_engine_ranking():
     # the engine's selector on Classifier.features gives the same ranking as the forward hook
     Xt = torch.as_tensor(np.vstack([X, x]))
     expected = top_fisher_ranking(TorchLearner(model), Xt, np.append(y, 2), 40, np.flatnonzero(y == pred),
-                                  np.arange(40))
+                                  np.arange(40), truncate=DEFAULT_TRUNCATE)  # the product's default
     np.testing.assert_array_equal(idx, expected.indices[:5])
     np.testing.assert_allclose(scores, expected.scores[:5])
     with pytest.raises(InputError, match="shape"):

@@ -91,7 +91,7 @@ def test_synthetic_top_layer_is_reproducible():
     torch.testing.assert_close(a["P"].sum(1), torch.ones(10, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("argv", [["--sections", "8"], ["--sections", "a"], ["--sizes", "0"], ["--repeats", "0"],
+@pytest.mark.parametrize("argv", [["--sections", "9"], ["--sections", "a"], ["--sizes", "0"], ["--repeats", "0"],
                                   ["--threads", "-1"]])
 def test_cli_bench_rejects_bad_input(argv, capsys):
     assert cli_main(["bench", "--quick", *argv]) == 2
@@ -114,3 +114,14 @@ def test_cli_bench_writes_json_and_replots_it(tmp_path, capsys):
     bad.write_text("{not json")
     assert cli_main(["bench", "--from-json", str(bad)]) == 2
     assert "cannot read benchmark result" in capsys.readouterr().err
+
+
+def test_the_batched_protocol_section_runs_each_method_both_ways_with_the_same_decisions():
+    from cincer.experiments.bench import BenchConfig, run_benchmark
+
+    cfg = BenchConfig.quick(sections=(8,), train_epochs=3, batched_cases=(("breast", "fullnet", "q1", 3),))
+    row, training = run_benchmark(cfg)["rows"]
+    assert row["members"] == 6 * 5 and row["same_decisions"] and row["max_f1_diff"] < 1e-9
+    assert training["members"] == 3 and training["max_weight_diff"] < 1e-12 and training["speedup_cpu"] > 0
+    assert row["naive_cpu_s"] > 0 and row["fast_cpu_s"] > 0 and set(row["cleaned"]) == set(row["methods"])
+    assert all(a == b for a, b in row["cleaned"].values())

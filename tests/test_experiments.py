@@ -15,6 +15,7 @@ from cincer.errors import CincerError
 from cincer.experiments import ExperimentConfig, load_sweep, method_config, read_experiment, run_experiment, run_sweep
 from cincer.experiments.plots import Q1Q3_COLUMNS, Q2_COLUMNS
 from cincer.experiments.sweep import Task, run_tasks
+from cincer.fisher import DEFAULT_TRUNCATE
 
 # tiny: synthetic (2-d, 4 classes), one repeat, four rounds, a few epochs; tau low enough to ask
 TINY = dict(dataset="synthetic", model="fullnet", repeats=1, rounds=4, epochs=3, threshold=0.05)
@@ -68,18 +69,27 @@ def test_q1_writes_every_method_and_the_experiment(q1):
 def test_method_variants_carry_the_papers_settings():
     exp = ExperimentConfig(question="q3", dataset="rotten_tomatoes").resolved()
     assert exp.known == 500 and exp.repeats == 5 and exp.rounds == 100 and exp.epochs == 100
-    assert exp.methods == ["top_fisher", "top_fisher_paper", "practical_fisher", "nearest", "influence", "random",
-                           "upper_bound"]
+    assert exp.methods == ["cincer", "top_fisher", "top_fisher_paper", "practical_fisher", "nearest", "influence",
+                           "random", "upper_bound"]
     paper, exact = method_config(exp, "top_fisher_paper"), method_config(exp, "top_fisher")
-    assert (paper.selector, paper.fim_samples, paper.damping) == ("top_fisher", 30, 0.0)
-    assert (exact.selector, exact.fim_samples, exact.relative_damping) == ("top_fisher", None, 0.0)
+    # the reproduction pins the paper's pseudo-inverse; "cincer" is the product's default, truncated
+    assert (paper.selector, paper.fim_samples, paper.damping, paper.truncate) == ("top_fisher", 30, 0.0, 0.0)
+    assert (exact.selector, exact.fim_samples, exact.relative_damping, exact.truncate) == ("top_fisher", None, 0.0, 0.0)
+    assert method_config(exp, "drop_ce").truncate == 0.0
+    default = method_config(exp, "cincer")
+    assert (default.selector, default.fim_samples, default.truncate) == ("top_fisher", None, DEFAULT_TRUNCATE)
+    study = ExperimentConfig(question="q2", overrides={"truncate": 0.5})
+    assert method_config(study, "cincer").truncate == 0.5
+    with pytest.raises(CincerError, match="method top_fisher fixes truncate=0.0"):  # not silently ignored
+        method_config(study, "top_fisher")
+    assert method_config(ExperimentConfig(overrides={"relative_damping": 1.0}), "cincer").truncate == 0.0
     damped = method_config(exp, "top_fisher_damped")
     assert (damped.selector, damped.fim_samples, damped.damping, damped.relative_damping) == ("top_fisher", None, 0.0,
                                                                                              1.0)
     assert method_config(exp, "none").selector == "none"
     assert ExperimentConfig(question="q1", dataset="breast").resolved().known == 100
     with pytest.raises(CincerError, match="unknown method"):
-        ExperimentConfig(methods=["cincer"]).resolved()
+        ExperimentConfig(methods=["top_fisher_exact"]).resolved()
     with pytest.raises(CincerError, match="unknown question"):
         ExperimentConfig(question="q4").resolved()
     with pytest.raises(CincerError, match="unknown dataset"):

@@ -302,3 +302,66 @@ def test_relative_damping_is_a_fraction_of_the_mean_eigenvalue_and_scale_free(n_
         check_damping(0.1, 0.1)
     with pytest.raises(CincerError, match="relative_damping must be >= 0"):
         FisherSolver(fisher, relative_damping=-1.0)
+
+
+def brute_truncated_pinv(F, v, truncate, mean):
+    """``F^+ v`` over the eigendirections of the dense F with eigenvalue >= truncate * mean."""
+    vals, vecs = torch.linalg.eigh(F)
+    keep = (vals >= truncate * mean) & (vals > 1e-10 * vals.max())
+    return vecs[:, keep] @ ((vecs[:, keep].T @ v) / vals[keep])
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("truncate", [0.0, 0.05, 0.3, 1.0])
+def test_truncated_pseudo_inverse_matches_the_dense_eigendecomposition(n_classes, truncate):
+    """Both routes (parameter space and Gram space, Cholesky shortcut allowed) against eigh of the dense F,
+    the mean eigenvalue taken over the directions that can hold F's range: (C-1)(H+1), or n(C-1) when the
+    n examples span fewer (n = 3 here); truncate=0 is the pinv."""
+    for n in (3, 30):
+        H, W, b, y = random_top_layer(n_classes, n=n, hidden=6, seed=n)
+        P = torch.softmax(H @ W.T + b, dim=1).detach()
+        fisher = TopLayerFisher(H, P)
+        F = fisher.dense()
+        mean = torch.trace(F) / min((n_classes - 1) * (H.shape[1] + 1), n * (n_classes - 1))
+        v = top_layer_scores(H, P, y)[0].reshape(-1)
+        expected = brute_truncated_pinv(F, v, truncate, mean)
+        for method in ("dense", "gram"):
+            solver = FisherSolver(fisher, truncate=truncate, method=method)
+            torch.testing.assert_close(solver.solve(v), expected, atol=1e-7 * expected.abs().max().item(), rtol=0)
+        if truncate == 0:
+            torch.testing.assert_close(expected, torch.linalg.pinv(F, rtol=1e-10, hermitian=True) @ v,
+                                       atol=1e-7 * expected.abs().max().item(), rtol=0)
+
+
+def test_truncation_is_scale_free_and_excludes_damping():
+    """Scaling the scores by c scales F by c^2: the same directions are kept and the solve scales by 1/c^2."""
+    from cincer.fisher import check_damping, resolve_truncate
+
+    g = torch.Generator().manual_seed(3)
+    U = torch.randn(20, 8, generator=g, dtype=torch.float64) * torch.logspace(0, -4, 8, dtype=torch.float64)
+    v = torch.randn(20, generator=g, dtype=torch.float64)
+    for method in ("dense", "gram"):
+        base = FisherSolver(ExplicitFisher(U, 8), truncate=0.1, method=method).solve(v)
+        scaled = FisherSolver(ExplicitFisher(1e3 * U, 8), truncate=0.1, method=method).solve(v)
+        torch.testing.assert_close(scaled * 1e6, base, atol=1e-8 * base.abs().max().item(), rtol=0)
+    full = FisherSolver(ExplicitFisher(U, 8), method="dense").solve(v)
+    assert (full - base).abs().max() > 1e-3 * full.abs().max()  # truncation dropped something here
+    with pytest.raises(CincerError, match="truncate applies to the pseudo-inverse"):
+        check_damping(1.0, 0.0, 0.1)
+    with pytest.raises(CincerError, match="truncate must be >= 0"):
+        FisherSolver(ExplicitFisher(U, 8), truncate=-0.1)
+    assert resolve_truncate(None, 0.0, 0.0) > 0 and resolve_truncate(None, 1.0, 0.0) == 0
+    assert resolve_truncate(None, 0.0, 1.0) == 0 and resolve_truncate(0.0, 0.0, 0.0) == 0
+
+
+def test_ekfac_truncation_keeps_the_diagonal_above_a_fraction_of_its_mean():
+    from cincer.fisher import KroneckerFisherSolver
+
+    H, W, b, _ = random_top_layer(3, n=25, hidden=4)
+    P = torch.softmax(H @ W.T + b, dim=1).detach()
+    scale = 1.0 / KroneckerFisherSolver(H, P, damping=1e-3).inv_scale - 1e-3
+    mean = scale.sum() / (2 * 5)  # (C-1)(H+1) = 10 directions, fewer than the n(C-1) = 50 the data span
+    keep = (scale >= 0.5 * mean) & (scale > 1e-10 * scale.max())
+    expected = torch.where(keep, 1.0 / scale, torch.zeros_like(scale))
+    torch.testing.assert_close(KroneckerFisherSolver(H, P, truncate=0.5).inv_scale, expected, atol=0, rtol=1e-6)
+    assert 0 < int(keep.sum()) < int((scale > 1e-10 * scale.max()).sum())

@@ -7,6 +7,7 @@ import torch
 from cincer.data import flip_labels, load_dataset
 from cincer.errors import CincerError, ModelError, QueryError
 from cincer.experiments.simulate import RunConfig, run
+from cincer.fisher import DEFAULT_TRUNCATE
 from cincer.inspect import INSPECTORS
 from cincer.loop import Answer, CleaningLoop, OracleAnnotator, Query
 from cincer.models import TrainConfig
@@ -204,7 +205,7 @@ def test_features_and_fim_are_cached_per_model_version(synthetic, monkeypatch):
     for index in order[1:3]:
         query = loop.query(int(index))
         uncached = select.top_fisher_ranking(learner, X, loop.labels, int(index), query.ranking.indices,
-                                             np.arange(150))
+                                             np.arange(150), truncate=DEFAULT_TRUNCATE)  # the loop's default
         np.testing.assert_array_equal(query.ranking.indices, uncached.indices)
         np.testing.assert_allclose(query.ranking.scores, uncached.scores, rtol=0,
                                    atol=1e-8 * np.abs(uncached.scores).max())  # other batches: float noise

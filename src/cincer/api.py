@@ -875,23 +875,26 @@ def _check_classes(classes: Any) -> None:
 # --------------------------------------------------------------------------- functional API
 
 def counterexamples(model: Any, X_train: Any, y_train: Any, x: Any, y: Any, k: int = 5, *, head: str | None = None,
-                    fim_samples: int | None = None, damping: float = 0.0, seed: int = 0,
-                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+                    fim_samples: int | None = None, damping: float = 0.0, truncate: float | None = None,
+                    seed: int = 0, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """CINCER's counter-examples of ``(x, y)`` among ``(X_train, y_train)`` for an already trained model.
 
     Candidates are the training examples labelled with the model's prediction for ``x``; they are
     ranked by the top-layer Fisher-kernel support ``-g_x^T F^+ g_k`` (the ``top_fisher`` selector, FIM
-    over ``fim_samples`` random training examples, default all). ``y_train`` and ``y`` are class
-    indices (``0..C-1``; for scikit-learn, values of ``model.classes_``). ``device``: where a PyTorch
-    model computes (``"cpu"``, ``"cuda"``, ``"auto"``; a copy is moved: the model given is not changed).
+    over ``fim_samples`` random training examples, default all; ``F^+`` without the eigendirections below
+    ``truncate`` times its mean eigenvalue, default :data:`cincer.fisher.DEFAULT_TRUNCATE`; 0: the paper's).
+    ``y_train`` and ``y`` are class indices (``0..C-1``; for scikit-learn, values of ``model.classes_``).
+    ``device``: where a PyTorch model computes (``"cpu"``, ``"cuda"``, ``"auto"``; a copy is moved: the model
+    given is not changed).
     Returns the top ``k`` training indices and their scores, best first (empty arrays when no example
     carries the predicted label).
     """
     k = _positive_int("k", k)
     seed = _seed(seed)
-    _check_stage_values("top_fisher", {"fim_samples": fim_samples, "damping": damping}, within="")
+    _check_stage_values("top_fisher", {"fim_samples": fim_samples, "damping": damping, "truncate": truncate},
+                        within="")
     try:
-        select = SELECTORS.create("top_fisher", fim_samples=fim_samples, damping=damping)
+        select = SELECTORS.create("top_fisher", fim_samples=fim_samples, damping=damping, truncate=truncate)
     except CincerError:
         raise
     except (TypeError, ValueError) as err:

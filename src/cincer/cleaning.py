@@ -9,6 +9,7 @@ other than its default for a stage that does not take it is an error, not a sile
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from .config import Config, at_least, flag_of, option, registered
 from .errors import CincerError
+from .fisher import DEFAULT_TRUNCATE
 from .influence import InfluenceConfig
 from .inspect import INSPECTORS, Inspector
 from .learners import TorchLearner, make_learner
@@ -27,6 +29,7 @@ from .select import SELECTORS, Selector
 # config field -> the factory parameter it feeds
 INSPECTOR_OPTIONS = {"threshold": "threshold", "p_query": "p_query", "influence": "config"}
 SELECTOR_OPTIONS = {"fim_samples": "fim_samples", "damping": "damping", "relative_damping": "relative_damping",
+                    "truncate": "truncate",
                     "full_fisher_max_params": "max_params",
                     "nfisher_radius": "radius", "n_nearest": "n_nearest", "block_damping": "block_damping",
                     "max_block": "max_block", "influence": "config"}
@@ -52,6 +55,10 @@ class CleaningConfig(Config):
                             "(F + damping I); 0 = pseudo-inverse (paper)")
     relative_damping: float = option(0.0, "top_fisher, drop_ce: FIM damping as a fraction of its mean eigenvalue "
                                      "(scale-free; excludes --damping); 0 = none", check=at_least(0))
+    truncate: float | None = option(None, "top_fisher, drop_ce: the pseudo-inverse ignores the FIM's eigendirections "
+                                    f"below this fraction of its mean eigenvalue (scale-free); default "
+                                    f"{DEFAULT_TRUNCATE:g} unless damped (chosen by evidence: docs/REPRODUCTION.md); "
+                                    "0 = the paper's pseudo-inverse", check=at_least(0))
     full_fisher_max_params: int = option(20_000, "largest network full_fisher accepts", check=at_least(1))
     nfisher_radius: float | None = option(None, "nearest_fisher: top_fisher over the candidates within this "
                                           "Euclidean distance in input space (the nearest alone if none); an "
@@ -117,12 +124,13 @@ class CleaningConfig(Config):
 
     # ------------------------------------------------------------------- objects
     def new_learner(self, input_shape: tuple[int, ...], n_classes: int, *, seed: int, dtype: torch.dtype,
-                    device: torch.device | str | None = None) -> TorchLearner:
-        """A fresh model of ``self.model`` (the same seed gives the same initial weights) and its trainer."""
+                    device: torch.device | str | None = None, train_fn: Callable | None = None) -> TorchLearner:
+        """A fresh model of ``self.model`` (the same seed gives the same initial weights) and its trainer
+        (``train_fn``: see :class:`cincer.learners.TorchLearner`; default :func:`cincer.models.train`)."""
         model = build_model(self.model, input_shape, n_classes, seed=seed, dtype=dtype)
         if device is not None:
             model = model.to(device)  # built on the CPU: the same initial weights anywhere
-        learner = make_learner(model, config=self.train, seed=seed)
+        learner = make_learner(model, config=self.train, seed=seed, train_fn=train_fn)
         assert isinstance(learner, TorchLearner)
         return learner
 

@@ -30,6 +30,9 @@ from .errors import CincerError
 from .progress import Progress
 
 DEFAULT_RTOL = 1e-10  # eigenvalues below rtol * largest are treated as zero by the pseudo-inverse
+# the product's pseudo-inverse drops eigendirections below this fraction of the FIM's mean eigenvalue:
+# chosen by the ranking study of docs/REPRODUCTION.md (issue #16); 0 is the paper's pseudo-inverse
+DEFAULT_TRUNCATE = 0.1
 DEFAULT_CHUNK = 8192
 
 
@@ -274,20 +277,33 @@ class ExplicitFisher:
         return self.U @ self.U.T / self.n
 
 
-def check_damping(damping: float, relative_damping: float) -> None:
+def check_damping(damping: float, relative_damping: float, truncate: float = 0.0) -> None:
     """``damping`` (absolute, added to F) or ``relative_damping`` (a fraction of F's mean eigenvalue over the
-    subspace that holds its range: the same for data in any units), not both; 0 = pseudo-inverse."""
-    for name, value in (("damping", damping), ("relative_damping", relative_damping)):
+    subspace that holds its range: the same for data in any units), not both; 0 = pseudo-inverse, which
+    ``truncate`` (a fraction of the same mean eigenvalue) cuts below."""
+    for name, value in (("damping", damping), ("relative_damping", relative_damping), ("truncate", truncate)):
         if not value >= 0:
             raise CincerError(f"{name} must be >= 0, got {value}")
     if damping > 0 and relative_damping > 0:
         raise CincerError("damping and relative_damping exclude each other: give one")
+    if truncate > 0 and (damping > 0 or relative_damping > 0):
+        raise CincerError("truncate applies to the pseudo-inverse: give it or a damping, not both")
+
+
+def resolve_truncate(truncate: float | None, damping: float, relative_damping: float) -> float:
+    """``truncate=None``: :data:`DEFAULT_TRUNCATE` for the pseudo-inverse, 0 when the FIM is damped."""
+    if truncate is None:
+        return 0.0 if damping > 0 or relative_damping > 0 else DEFAULT_TRUNCATE
+    return truncate
 
 
 class FisherSolver:
     """Applies ``F^+`` (``damping == 0``, the paper's pseudo-inverse) or ``(F + damping I)^{-1}``;
     ``relative_damping=r`` sets ``damping = r tr(F) / d``, ``d`` the dimension of the subspace that holds F's
-    range (``.damping`` is then the value used).
+    range (``.damping`` is then the value used); ``truncate=k`` drops from the pseudo-inverse the
+    eigendirections whose eigenvalue is below ``k tr(F) / r``, ``r = min(d, rank bound)`` (the mean over the
+    directions the data can span: ``n(C-1)`` examples' scores span at most that many; why:
+    docs/REPRODUCTION.md, issue #16).
 
     Factorises once in whichever space is smaller: the parameters (``d x d``; for the top layer the
     ``(C-1)(H+1)`` subspace that holds the range of ``F``) or the Gram matrix of the factor
@@ -298,8 +314,9 @@ class FisherSolver:
     """
 
     def __init__(self, factor: FisherFactor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL,
-                 method: str = "auto", factorization: str = "auto", relative_damping: float = 0.0) -> None:
-        check_damping(damping, relative_damping)
+                 method: str = "auto", factorization: str = "auto", relative_damping: float = 0.0,
+                 truncate: float = 0.0) -> None:
+        check_damping(damping, relative_damping, truncate)
         if factorization not in ("auto", "eigh"):
             raise CincerError(f"unknown factorization {factorization!r} (auto, eigh)")
         self.factor, self.damping, self.rtol = factor, damping, rtol
@@ -307,6 +324,8 @@ class FisherSolver:
         self._sub: SubspaceFisherFactor | None = factor if _has_subspace(factor) else None
         dim = self._sub.sub_dim if self._sub is not None else factor.dim
         self.method = ("dense" if dim <= factor.rank_bound else "gram") if method == "auto" else method
+        # truncate's mean eigenvalue: over the directions the data can span (rank <= both), whichever route
+        span = max(min(dim, factor.rank_bound), 1)
         if self.method == "dense":
             S = self._sub.dense_sub() if self._sub is not None else factor.dense()
             if relative_damping > 0:  # a fraction of the mean eigenvalue over the subspace that holds F's range
@@ -314,7 +333,8 @@ class FisherSolver:
             if damping > 0:
                 self._inv = _Inverse.cholesky(S + damping * torch.eye(len(S), dtype=S.dtype, device=S.device))
             else:
-                self._inv = _Inverse.pinv(S, rtol, factorization)
+                floor = truncate * float(torch.diagonal(S).sum()) / span
+                self._inv = _Inverse.pinv(S, rtol, factorization, floor=floor)
         elif self.method == "gram":
             M = factor.gram()
             if relative_damping > 0:  # tr F = tr M / n
@@ -322,8 +342,9 @@ class FisherSolver:
             if damping > 0:  # (UU^T/n + l I)^{-1} = (I - U (n l I + M)^{-1} U^T) / l
                 eye = torch.eye(len(M), dtype=M.dtype, device=M.device)
                 self._inv = _Inverse.cholesky(M + factor.n * damping * eye)
-            else:            # (UU^T/n)^+ = n U (M^+)^2 U^T
-                self._inv = _Inverse.pinv(M, rtol, factorization)
+            else:            # (UU^T/n)^+ = n U (M^+)^2 U^T; M's eigenvalues are n times F's
+                floor = truncate * float(torch.diagonal(M).sum()) / span
+                self._inv = _Inverse.pinv(M, rtol, factorization, floor=floor)
         else:
             raise CincerError(f"unknown method {method!r}")
 
@@ -357,13 +378,15 @@ class KroneckerFisherSolver:
     ``eigenvalue_corrected=True`` (EK-FAC, George et al. 2018) takes ``s`` as the exact diagonal of the
     true FIM in that basis, ``s_ck = mean_i (U_G^T A_i U_G)_cc ((U_S^T h~_i)_k)^2``; ``False`` (K-FAC,
     Martens & Grosse 2015) takes the products of the two factors' eigenvalues. Pseudo-inverse
-    (``damping == 0``: ``s`` below ``rtol * max s`` count as zero) or damped. Cost: one pass over the rows
+    (``damping == 0``: ``s`` below ``rtol * max s``, or below ``truncate`` times their mean over F's range,
+    count as zero) or damped. Cost: one pass over the rows
     with ``O(n A^2)`` work and ``O(A^2 + C^2)`` memory beyond a chunk; each solve is two small products.
     """
 
     def __init__(self, H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, rtol: float = DEFAULT_RTOL,
-                 eigenvalue_corrected: bool = True, chunk: int = DEFAULT_CHUNK, relative_damping: float = 0.0) -> None:
-        check_damping(damping, relative_damping)
+                 eigenvalue_corrected: bool = True, chunk: int = DEFAULT_CHUNK, relative_damping: float = 0.0,
+                 truncate: float = 0.0) -> None:
+        check_damping(damping, relative_damping, truncate)
         n, C, A = len(H), P.shape[1], H.shape[1] + 1
         work = torch.float64  # eigendecompositions in double precision whatever the model's dtype
         G, S = P.new_zeros(C, C, dtype=work), H.new_zeros(A, A, dtype=work)
@@ -387,13 +410,15 @@ class KroneckerFisherSolver:
         else:
             scale = g_vals.clamp_min(0)[:, None] * s_vals.clamp_min(0)[None, :]
         progress.close()
+        span = max(min((C - 1) * A, n * (C - 1)), 1)  # the directions that hold F's range and the data can span
+        mean = float(scale.sum()) / span
         if relative_damping > 0:  # the mean over the (C-1) A directions that hold F's range
             damping = relative_damping * float(scale.sum()) / max((C - 1) * A, 1)
         self.damping = damping
         if damping > 0:
             self.inv_scale = 1.0 / (scale + damping)
         else:
-            keep = scale > rtol * scale.max()
+            keep = (scale > rtol * scale.max()) & (scale >= truncate * mean)
             self.inv_scale = torch.where(keep, 1.0 / torch.where(keep, scale, 1.0), 0.0)
         self.C, self.A, self.dtype = C, A, H.dtype
         self.method = "ekfac" if eigenvalue_corrected else "kfac"
@@ -413,7 +438,8 @@ EXACT_FIM_BUDGET = 5e10  # multiply-adds; "auto" takes the exact FIM up to this 
 
 
 def top_layer_solver(H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, factorization: str = "auto",
-                     curvature: str = "auto", relative_damping: float = 0.0) -> FisherSolver | KroneckerFisherSolver:
+                     curvature: str = "auto", relative_damping: float = 0.0,
+                     truncate: float = 0.0) -> FisherSolver | KroneckerFisherSolver:
     """The inverse of the top-layer FIM over the rows of ``(H, P)``: exact (:class:`FisherSolver`), or
     EK-FAC / K-FAC (:class:`KroneckerFisherSolver`); ``"auto"`` is exact unless building it would take
     more than :data:`EXACT_FIM_BUDGET` multiply-adds, then EK-FAC. ``.method`` says which was used."""
@@ -423,9 +449,9 @@ def top_layer_solver(H: torch.Tensor, P: torch.Tensor, *, damping: float = 0.0, 
         curvature = "exact" if exact_fim_cost(len(H), P.shape[1], H.shape[1] + 1) <= EXACT_FIM_BUDGET else "ekfac"
     if curvature == "exact":
         return FisherSolver(TopLayerFisher(H, P), damping=damping, factorization=factorization,
-                            relative_damping=relative_damping)
+                            relative_damping=relative_damping, truncate=truncate)
     return KroneckerFisherSolver(H, P, damping=damping, eigenvalue_corrected=curvature == "ekfac",
-                                 relative_damping=relative_damping)
+                                 relative_damping=relative_damping, truncate=truncate)
 
 
 def exact_fim_cost(n: int, C: int, A: int) -> float:
@@ -449,19 +475,20 @@ class _Inverse:
         return cls("cholesky", (torch.linalg.cholesky(S),))
 
     @classmethod
-    def pinv(cls, S: torch.Tensor, rtol: float, factorization: str = "auto") -> _Inverse:
-        """Certified fast path: if ``S - tau I`` is positive definite with ``tau = 2 rtol trace(S)``
-        (``trace >= lambda_max``), no eigenvalue falls below the pseudo-inverse's cut-off and
-        ``S^+ = S^{-1}``; otherwise (or when asked) eigendecompose."""
+    def pinv(cls, S: torch.Tensor, rtol: float, factorization: str = "auto", floor: float = 0.0) -> _Inverse:
+        """The pseudo-inverse with eigenvalues below ``rtol * lambda_max`` or ``floor`` counted as zero.
+        Certified fast path: if ``S - tau I`` is positive definite with ``tau = max(2 rtol trace(S), floor)``
+        (``trace >= lambda_max``), no eigenvalue falls below the cut-off and ``S^+ = S^{-1}``; otherwise
+        (or when asked) eigendecompose."""
         if factorization == "auto" and len(S):
-            tau = 2.0 * rtol * torch.diagonal(S).sum().clamp_min(0)
+            tau = (2.0 * rtol * torch.diagonal(S).sum()).clamp_min(floor)
             eye = torch.eye(len(S), dtype=S.dtype, device=S.device)
             _, shifted_info = torch.linalg.cholesky_ex(S - tau * eye)
             if int(shifted_info) == 0:
                 chol, info = torch.linalg.cholesky_ex(S)
                 if int(info) == 0:
                     return cls("cholesky", (chol,))
-        return cls("eigh", _pinv_eig(S, rtol))
+        return cls("eigh", _pinv_eig(S, rtol, floor))
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         if self.kind == "cholesky":
@@ -469,13 +496,14 @@ class _Inverse:
         return _apply_eig(self.data, v)
 
 
-def _pinv_eig(S: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse eigenvalues (0 below the cut-off) and eigenvectors of a symmetric PSD matrix.
+def _pinv_eig(S: torch.Tensor, rtol: float, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse eigenvalues (0 below ``rtol`` times the largest or below ``floor``) and eigenvectors of a
+    symmetric PSD matrix.
 
     Decomposed in float64 whatever the model's precision: LAPACK's float32 ``syevd`` fails to
     converge on the nearly singular FIMs of confident float32 models."""
     vals, vecs = torch.linalg.eigh(S.double())
-    keep = vals > rtol * vals.abs().max().clamp_min(torch.finfo(vals.dtype).tiny)
+    keep = (vals > rtol * vals.abs().max().clamp_min(torch.finfo(vals.dtype).tiny)) & (vals >= floor)
     inv_vals = torch.where(keep, 1.0 / torch.where(keep, vals, 1.0), 0.0)
     return inv_vals.to(S.dtype), vecs.to(S.dtype)
 

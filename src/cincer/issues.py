@@ -267,6 +267,11 @@ def _inputs(frame: Any, *, features: list[str] | None, text: str | None, images:
     return X, [str(c) for c in columns], "tabular"
 
 
+# the audit keeps the paper's pseudo-inverse (truncate=0), as its out-of-core engine (cincer.outofcore) does and
+# as its published comparison with cleanlab (docs/SCALE.md) was measured; Cleaner's default truncates (#16)
+AUDIT_INVERSE = {"truncate": 0.0}
+
+
 def _cleaner(model: str, X: np.ndarray, n_classes: int, *, k: int, seed: int, threshold: float | None,
              train_config: Any, kind: str) -> Any:
     from .api import Cleaner
@@ -277,13 +282,14 @@ def _cleaner(model: str, X: np.ndarray, n_classes: int, *, k: int, seed: int, th
         from sklearn.preprocessing import StandardScaler
 
         estimator: Any = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        return Cleaner(estimator, k=k, seed=seed, threshold=threshold, retrain="defer")
+        return Cleaner(estimator, k=k, seed=seed, threshold=threshold, retrain="defer", selector_params=AUDIT_INVERSE)
     from .models import TrainConfig, build_model
 
     config = train_config if train_config is not None else TrainConfig(epochs=30, lr=5e-3)
     shape = X.shape[1:] if kind == "image" else (X.shape[1],)
     net = build_model("fullnet", shape, n_classes, seed=seed)
-    return Cleaner(net, k=k, seed=seed, threshold=threshold, retrain="defer", train_config=config)
+    return Cleaner(net, k=k, seed=seed, threshold=threshold, retrain="defer", train_config=config,
+                   selector_params=AUDIT_INVERSE)
 
 
 def _model_input(model: str, X: np.ndarray, kind: str) -> np.ndarray:

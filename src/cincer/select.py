@@ -43,6 +43,7 @@ from .fisher import (
     layer_blocks,
     n_parameters,
     per_example_scores,
+    resolve_truncate,
     scores_dot,
     top_layer_kernel,
     top_layer_scores,
@@ -244,15 +245,15 @@ class SelectionContext:
             self.cache.ensure(self.learner, self.X, idx, self.version)
 
     def fisher_solver(self, fim_examples: np.ndarray, *, damping: float = 0.0, factorization: str = "auto",
-                      curvature: str = "auto", relative_damping: float = 0.0) -> Solver:
+                      curvature: str = "auto", relative_damping: float = 0.0, truncate: float = 0.0) -> Solver:
         """The factorised top-layer FIM over ``fim_examples`` (see :func:`cincer.fisher.top_layer_solver`)."""
         def build() -> Solver:
             return top_layer_solver(*self.features(fim_examples), damping=damping, factorization=factorization,
-                                    curvature=curvature, relative_damping=relative_damping)
+                                    curvature=curvature, relative_damping=relative_damping, truncate=truncate)
         if self.cache is None:
             return build()
         key = (hashlib.sha1(np.ascontiguousarray(fim_examples, dtype=np.int64).tobytes()).hexdigest(), damping,
-               factorization, curvature, relative_damping)
+               factorization, curvature, relative_damping, truncate)
         return self.cache.solver(self.version, key, build)
 
 
@@ -302,27 +303,30 @@ def sample_indices(known: np.ndarray, n_samples: int | None, rng: np.random.Gene
     return rng.choice(known, size=n_samples, replace=False)
 
 
-def check_fim_options(fim_samples: int | None, damping: float, relative_damping: float = 0.0) -> None:
+def check_fim_options(fim_samples: int | None, damping: float, relative_damping: float = 0.0,
+                      truncate: float = 0.0) -> None:
     if fim_samples is not None and (not isinstance(fim_samples, (int, np.integer)) or fim_samples < 1):
         raise CincerError(f"fim_samples must be a positive integer or None (all known examples), got {fim_samples!r}")
-    check_damping(damping, relative_damping)
+    check_damping(damping, relative_damping, truncate)
 
 
 # --------------------------------------------------------------------------- Fisher kernels
 
 def top_fisher_ranking(learner: Learner, X: torch.Tensor, labels: np.ndarray, target: int,
                        candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float = 0.0,
-                       factorization: str = "auto", curvature: str = "auto", relative_damping: float = 0.0) -> Ranking:
-    """CINCER: rank candidates by ``-g_t^T F^{-1} g_k`` over the top layer, in closed form."""
+                       factorization: str = "auto", curvature: str = "auto", relative_damping: float = 0.0,
+                       truncate: float = 0.0) -> Ranking:
+    """CINCER: rank candidates by ``-g_t^T F^{-1} g_k`` over the top layer, in closed form (``truncate``:
+    see :class:`cincer.fisher.FisherSolver`; 0 here, the paper's pseudo-inverse)."""
     return _top_fisher(lambda idx: learner.features_and_probs(X[idx]), None, labels, target,
                        np.asarray(candidates), np.asarray(fim_examples), damping=damping, factorization=factorization,
-                       curvature=curvature, relative_damping=relative_damping)
+                       curvature=curvature, relative_damping=relative_damping, truncate=truncate)
 
 
 def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
                 solver_of: Callable[[np.ndarray], Solver] | None, labels: np.ndarray, target: int,
                 candidates: np.ndarray, fim_examples: np.ndarray, *, damping: float, factorization: str,
-                curvature: str, relative_damping: float = 0.0,
+                curvature: str, relative_damping: float = 0.0, truncate: float = 0.0,
                 prefetch: Callable[[np.ndarray], None] | None = None) -> Ranking:
     """:func:`top_fisher_ranking` from a source of features and, when they are cached, of factorised FIMs
     (then the candidates are scored a chunk of cached features at a time)."""
@@ -333,7 +337,7 @@ def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tenso
         H, P = features(idx)
         solver: Solver = top_layer_solver(H[1 + n_cand:], P[1 + n_cand:], damping=damping,
                                           factorization=factorization, curvature=curvature,
-                                          relative_damping=relative_damping)
+                                          relative_damping=relative_damping, truncate=truncate)
         y = y.to(H.device)
         chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [(H[1:1 + n_cand], P[1:1 + n_cand], y[1:])]
     else:
@@ -352,14 +356,16 @@ def _top_fisher(features: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tenso
 
 @SELECTORS.register("top_fisher")
 def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto",
-               curvature: str = "auto", relative_damping: float = 0.0) -> Selector:
+               curvature: str = "auto", relative_damping: float = 0.0, truncate: float | None = None) -> Selector:
     """Top-layer Fisher kernel. FIM over ``fim_samples`` random known examples (default: all of them;
     the paper used 30), pseudo-inverted (``damping == 0``, the paper) or damped; ``factorization="eigh"``
     skips the Cholesky shortcut of the pseudo-inverse (see :class:`cincer.fisher.FisherSolver`);
     ``curvature``: the exact FIM, EK-FAC or K-FAC, or ``"auto"`` (exact unless too costly to build, see
     :func:`cincer.fisher.top_layer_solver`); ``relative_damping``: damping as a fraction of the FIM's mean
-    eigenvalue (scale-free; excludes ``damping``)."""
-    options = _top_fisher_options(fim_samples, damping, factorization, curvature, relative_damping)
+    eigenvalue (scale-free; excludes ``damping``); ``truncate``: the pseudo-inverse ignores eigendirections
+    below this fraction of the mean eigenvalue (scale-free); ``None``: :data:`cincer.fisher.DEFAULT_TRUNCATE`
+    (the product's default, chosen by the study of docs/REPRODUCTION.md) unless damped; 0: the paper's."""
+    options = _top_fisher_options(fim_samples, damping, factorization, curvature, relative_damping, truncate)
 
     def select(ctx: SelectionContext) -> Ranking:
         return _top_fisher_of(ctx, ctx.candidates, fim_samples, options)
@@ -368,15 +374,16 @@ def top_fisher(fim_samples: int | None = None, damping: float = 0.0, factorizati
 
 
 def _top_fisher_options(fim_samples: int | None, damping: float, factorization: str, curvature: str,
-                        relative_damping: float = 0.0) -> dict[str, Any]:
+                        relative_damping: float = 0.0, truncate: float | None = 0.0) -> dict[str, Any]:
     """The checked options of a top-layer Fisher ranking (``top_fisher``, ``nearest_fisher``, ``drop_ce``)."""
-    check_fim_options(fim_samples, damping, relative_damping)
+    truncate = resolve_truncate(truncate, damping, relative_damping)
+    check_fim_options(fim_samples, damping, relative_damping, truncate)
     if factorization not in ("auto", "eigh"):
         raise CincerError(f"factorization must be auto or eigh, got {factorization!r}")
     if curvature not in CURVATURES:
         raise CincerError(f"curvature must be one of {', '.join(CURVATURES)}, got {curvature!r}")
     return {"damping": damping, "factorization": factorization, "curvature": curvature,
-            "relative_damping": relative_damping}
+            "relative_damping": relative_damping, "truncate": truncate}
 
 
 def _top_fisher_of(ctx: SelectionContext, candidates: np.ndarray, fim_samples: int | None,
@@ -633,7 +640,9 @@ def no_counterexample() -> Selector:
 
 @SELECTORS.register("drop_ce")
 def drop_counterexample(fim_samples: int | None = None, damping: float = 0.0, factorization: str = "auto",
-                        curvature: str = "auto", relative_damping: float = 0.0) -> Selector:
+                        curvature: str = "auto", relative_damping: float = 0.0,
+                        truncate: float | None = None) -> Selector:
     """Query the suspicious example alone; if its label is right, drop CINCER's counter-example from D."""
-    return dataclasses.replace(top_fisher(fim_samples, damping, factorization, curvature, relative_damping),
+    return dataclasses.replace(top_fisher(fim_samples, damping, factorization, curvature, relative_damping,
+                                          truncate),
                                policy="drop")

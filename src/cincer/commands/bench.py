@@ -10,8 +10,9 @@ from pathlib import Path
 from ..errors import CincerError
 
 SECTION_NAMES = ("1 top_fisher scaling, 2 mnist/logreg top_fisher, 3 influence/practical_fisher, 4 rounds, "
-                 "5 Q1 run, 6 convnet memory layout, 7 or scale: the product at 60k images / 1e6 rows (minutes)")
-NAMED_SECTIONS = {"scale": 7}
+                 "5 Q1 run, 6 convnet memory layout, 7 or scale: the product at 60k images / 1e6 rows (minutes), "
+                 "8 or batched: a question's methods trained one by one vs together (minutes)")
+NAMED_SECTIONS = {"scale": 7, "batched": 8}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def parse_sections(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
-    bad = CincerError(f"--sections must be comma-separated numbers 1-7 or 'scale', got {text!r}")
+    bad = CincerError(f"--sections must be comma-separated numbers 1-8, 'scale' or 'batched', got {text!r}")
     try:
         sections = tuple(NAMED_SECTIONS.get(s.strip()) or int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise bad from None
-    if not sections or any(s not in range(1, 8) for s in sections):
+    if not sections or any(s not in range(1, 9) for s in sections):
         raise bad
     return sections
 

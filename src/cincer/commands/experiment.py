@@ -13,10 +13,11 @@ from ..experiments import METHODS, QUESTIONS, ExperimentConfig, run_experiment
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="run one question of the paper (Q1, Q2 or Q3) on a data set and model",
-                       description="Q1: top_fisher, top_fisher_paper, none, drop_ce, upper_bound. "
+                       description=f"Q1: {', '.join(QUESTIONS['q1'])}. "
                                    "Q2: precision@k of counter-example rankings with the model fixed. "
-                                   "Q3: top_fisher, top_fisher_paper, practical_fisher, nearest, influence, "
-                                   "random, upper_bound. Finished methods are skipped unless --force.")
+                                   f"Q3: {', '.join(QUESTIONS['q3'])}. cincer is the product's default ranking; "
+                                   "top_fisher and top_fisher_paper the paper's pseudo-inverse. "
+                                   "Finished methods are skipped unless --force.")
     p.add_argument("question", choices=sorted(QUESTIONS))
     add_experiment_options(p, methods=None, methods_help="comma-separated subset (default: the question's)")
     p.set_defaults(func=main)

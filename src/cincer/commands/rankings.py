@@ -18,8 +18,8 @@ from ..errors import CincerError
 from ..experiments import run_experiment
 from .experiment import add_experiment_options, experiment_from_args
 
-RANKINGS = ["top_fisher", "top_fisher_paper", "top_fisher_damped", "practical_fisher", "influence", "nearest", "random",
-            "none"]
+RANKINGS = ["cincer", "top_fisher", "top_fisher_paper", "top_fisher_damped", "practical_fisher", "influence", "nearest",
+            "random", "none"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,6 +10,8 @@ discrepancy between a fast path and its baseline (used by the tests).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gc
 import os
 import platform
@@ -27,12 +29,13 @@ import torch
 from .. import __version__
 from ..cleaning import CleaningConfig
 from ..data import flip_labels, load_dataset
-from ..fisher import FisherSolver, TopLayerFisher, head_kernel, top_layer_kernel, top_layer_scores
+from ..fisher import DEFAULT_TRUNCATE, FisherSolver, TopLayerFisher, head_kernel, top_layer_kernel, top_layer_scores
 from ..influence import InfluenceConfig
 from ..inspect import INSPECTORS
 from ..loop import CleaningLoop, OracleAnnotator
 from ..metrics import test_metrics
 from ..models import TrainConfig, build_model, predict_proba, train
+from ..models.batched import Member, train_together
 from ..select import SELECTORS
 from . import scale
 from .naive import (
@@ -45,7 +48,8 @@ from .naive import (
     naive_top_kernel,
     naive_top_score,
 )
-from .simulate import RunConfig, run
+from .protocols import ExperimentConfig, method_config
+from .simulate import RunConfig, run, run_together
 
 
 @dataclass
@@ -70,15 +74,20 @@ class BenchConfig:
     q1_log: str = "/tmp/breast_top_fisher.log"
     layout_images: int = 10_000     # section 6: MNIST-shaped images evaluated (the test set's size)
     layout_train: tuple[int, int] = (150, 10)   # section 6: images and epochs of the timed training
-    sections: tuple[int, ...] = (1, 2, 3, 4, 5, 6)   # 7 (scale) runs only when asked for: minutes
+    sections: tuple[int, ...] = (1, 2, 3, 4, 5, 6)   # 7 (scale) and 8 (batched) only when asked for: minutes
     scale_quick: bool = False       # section 7 at smoke-test sizes
+    batched_cases: tuple[tuple[str, str, str, int], ...] = (("breast", "fullnet", "q1", 100),)  # section 8
+    # section 8, training alone: model, members, rows each, epochs, bits (convnet: MNIST-shaped, float32)
+    batched_training: tuple[tuple[str, int, int, int, int], ...] = (
+        ("fullnet", 5, 150, 20, 64), ("fullnet", 30, 150, 20, 64), ("convnet", 5, 150, 3, 32))
 
     @classmethod
     def quick(cls, **kw) -> BenchConfig:
         base: dict[str, Any] = dict(
             sizes=(100, 10_000, 100_000), naive_max=200, repeats=3, mnist_pinv_eigh=False,
             round_cases=(("breast", "fullnet", "paper", 2), ("breast", "fullnet", "fast", 2)),
-            q1=False, layout_images=512, layout_train=(40, 1), scale_quick=True)
+            q1=False, layout_images=512, layout_train=(40, 1), scale_quick=True,
+            batched_cases=(("breast", "fullnet", "q1", 2),), batched_training=(("fullnet", 3, 40, 2, 64),))
         base.update(kw)
         return cls(**base)
 
@@ -282,14 +291,17 @@ def section_logreg_mnist(cfg: BenchConfig) -> list[dict]:
     learner, X, labels = _trained_learner("mnist", "logreg", cfg.fim_known, cfg.seed, cfg.train_epochs)
     H, P = learner.features_and_probs(X)
     rows = []
-    routes = [("pinv", 0.0, "auto"), ("damped 1e-3", 1e-3, "auto")]
+    # (name, damping, truncate, factorization): the paper's pseudo-inverse, the product's default, damped
+    routes = [("pinv", 0.0, 0.0, "auto"), (f"truncated {DEFAULT_TRUNCATE:g} (default)", 0.0, DEFAULT_TRUNCATE, "auto"),
+              ("damped 1e-3", 1e-3, 0.0, "auto")]
     if cfg.mnist_pinv_eigh:
-        routes.append(("pinv eigh-only", 0.0, "eigh"))
-    for name, damping, factorization in routes:
+        routes.append(("pinv eigh-only", 0.0, 0.0, "eigh"))
+    for name, damping, truncate, factorization in routes:
         ctx = _context(learner, X, labels, np.random.default_rng(cfg.seed))
-        select = SELECTORS.create("top_fisher", damping=damping, factorization=factorization)
+        select = SELECTORS.create("top_fisher", damping=damping, factorization=factorization, truncate=truncate)
         fast, times, fast_cpu, _ = timed(lambda: select(ctx), cfg.repeats if factorization == "auto" else 1)
-        solver = FisherSolver(TopLayerFisher(H, P), damping=damping, factorization=factorization)  # its route
+        solver = FisherSolver(TopLayerFisher(H, P), damping=damping, factorization=factorization,
+                              truncate=truncate)  # its route
         rows.append({"section": 2, "case": f"top_fisher mnist/logreg {name}", "candidates": len(ctx.candidates),
                      "fast_cpu_s": fast_cpu,
                      "fim_examples": len(ctx.known), "top_params": learner.model.head.weight.numel() + 10,
@@ -437,8 +449,64 @@ def section_scale(cfg: BenchConfig) -> list[dict]:
     return scale.section_scale(scale.ScaleConfig.quick() if cfg.scale_quick else scale.ScaleConfig(seed=cfg.seed))
 
 
+def section_batched(cfg: BenchConfig) -> list[dict]:
+    """8. a question's loop methods (the paper's protocol, 5 repeats) one run after another, then with every
+    repeat of every method in one lockstep, their models trained as one batched model (``--set batched=true``):
+    CPU and wall time of each, and whether they cleaned the same labels."""
+    rows = []
+    for dataset, model_name, question, rounds in cfg.batched_cases:
+        exp = ExperimentConfig(question=question, dataset=dataset, model=model_name, rounds=rounds,
+                               epochs=cfg.train_epochs, seed=cfg.seed).resolved()
+        methods = list(exp.methods or [])
+        data = load_dataset(dataset, seed=cfg.seed)
+        measured = {}
+        for batched in (False, True):
+            configs = [dataclasses.replace(method_config(exp, m), batched=batched) for m in methods]
+            wall, cpu = time.perf_counter(), time.process_time()
+            results = run_together(configs, progress=False, data=data)
+            measured[batched] = (time.perf_counter() - wall, time.process_time() - cpu, results)
+        (wall_one, cpu_one, one), (wall_all, cpu_all, together) = measured[False], measured[True]
+        decisions = ["queries", "cleaned", "query_index", "counterexample"]
+        pairs = [(a, b) for (a, _), (b, _) in zip(one, together)]
+        same = all((a[decisions].to_numpy() == b[decisions].to_numpy()).all() for a, b in pairs)
+        rows.append({"section": 8, "case": f"{question} {dataset}/{model_name} {len(methods)}x{exp.repeats}x{rounds}",
+                     "methods": methods, "members": len(methods) * exp.repeats, "naive_s": wall_one,
+                     "fast_s": wall_all, "naive_cpu_s": cpu_one, "fast_cpu_s": cpu_all,
+                     "speedup": wall_one / wall_all, "speedup_cpu": cpu_one / cpu_all, "same_decisions": same,
+                     "max_f1_diff": max(float((a["f1"] - b["f1"]).abs().max()) for a, b in pairs),
+                     "cleaned": {m: [a["cleaned_final_mean"], b["cleaned_final_mean"]]
+                                 for m, (_, a), (_, b) in zip(methods, one, together)}})
+    return rows + [_batched_training(cfg, *case) for case in cfg.batched_training]
+
+
+def _batched_training(cfg: BenchConfig, model_name: str, members: int, n: int, epochs: int, bits: int) -> dict:
+    """Training alone: ``members`` models (their own random data and seeds) one by one with
+    :func:`cincer.models.train`, then together; CPU and wall time and the largest weight difference."""
+    dtype = torch.float64 if bits == 64 else torch.float32
+    shape, classes = ((30,), 2) if model_name != "convnet" else ((1, 28, 28), 10)
+    g = torch.Generator().manual_seed(cfg.seed)
+    data = [(torch.rand((n, *shape), generator=g).to(dtype), torch.randint(classes, (n,), generator=g))
+            for _ in range(members)]
+    models = [build_model(model_name, shape, classes, seed=cfg.seed + i, dtype=dtype) for i in range(members)]
+    config = TrainConfig(epochs=epochs)
+    alone = [copy.deepcopy(m) for m in models]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i, model in enumerate(alone):
+        train(model, *data[i], config, seed=cfg.seed + i)
+    wall_one, cpu_one = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter(), time.process_time()
+    train_together([Member(model, *data[i], cfg.seed + i) for i, model in enumerate(models)], config)
+    wall_all, cpu_all = time.perf_counter() - wall, time.process_time() - cpu
+    diff = max(float((p - q).detach().abs().max())
+               for a, b in zip(alone, models) for p, q in zip(a.parameters(), b.parameters()))
+    return {"section": 8, "case": f"train {members} {model_name} float{bits}, {n} rows, {epochs} epochs",
+            "members": members, "naive_s": wall_one, "fast_s": wall_all, "naive_cpu_s": cpu_one,
+            "fast_cpu_s": cpu_all, "speedup": wall_one / wall_all, "speedup_cpu": cpu_one / cpu_all,
+            "max_weight_diff": diff}
+
+
 SECTIONS = {1: section_top_fisher_scaling, 2: section_logreg_mnist, 3: section_per_query,
-            4: section_rounds, 5: section_q1, 6: section_cnn_layout, 7: section_scale}
+            4: section_rounds, 5: section_q1, 6: section_cnn_layout, 7: section_scale, 8: section_batched}
 
 
 def run_benchmark(cfg: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict:
@@ -487,6 +555,11 @@ def format_table(result: dict) -> str:
             notes.append(f"max rel diff {r['max_rel_diff']:.1e}")
         if r.get("section") == 7:
             notes.append(_scale_notes(r))
+        if r.get("section") == 8 and "same_decisions" in r:
+            notes.append(f"{r['members']} models per batch; same decisions: {r['same_decisions']}, "
+                         f"max F1 diff {r['max_f1_diff']:.1e}")
+        if "max_weight_diff" in r:
+            notes.append(f"max weight diff {r['max_weight_diff']:.1e}")
         cand = r.get("candidates", "")
         lines.append(f"{r['section']:<2} {r['case']:<44} {cand!s:>9} {_fmt_s(fast):>10} "
                      f"{_fmt_s(naive) if naive is not None else '-':>10} "

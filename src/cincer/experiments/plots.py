@@ -24,10 +24,10 @@ from ..errors import CincerError
 from .protocols import ExperimentConfig, default_known, read_experiment
 
 PAPER = {"repeats": 5, "rounds": 100, "epochs": 100, "noise": 0.2, "threshold": 0.2}
-COLORS = {"top_fisher": "#d62728", "top_fisher_paper": "#ff9896", "none": "#1f77b4", "drop_ce": "#2ca02c",
-          "upper_bound": "#7f7f7f", "practical_fisher": "#9467bd", "nearest": "#8c564b", "influence": "#ff7f0e",
-          "random": "#bcbd22", "full_fisher": "#17becf"}
-LABELS = {"none": "no_ce", "drop_ce": "drop CE", "upper_bound": "upper bound (clean)"}
+COLORS = {"cincer": "#000000", "top_fisher": "#d62728", "top_fisher_paper": "#ff9896", "none": "#1f77b4",
+          "drop_ce": "#2ca02c", "upper_bound": "#7f7f7f", "practical_fisher": "#9467bd", "nearest": "#8c564b",
+          "influence": "#ff7f0e", "random": "#bcbd22", "full_fisher": "#17becf"}
+LABELS = {"cincer": "cincer (default)", "none": "no_ce", "drop_ce": "drop CE", "upper_bound": "upper bound (clean)"}
 Q1Q3_COLUMNS = ["dataset", "model", "selector", "f1_initial_mean", "f1_final_mean", "f1_final_std",
                 "cleaned_final_mean", "cleaned_final_std", "queries_final_mean"]
 Q2_COLUMNS = ["dataset", "model", "selector", "pr5", "pr10", "pr25"]

@@ -31,11 +31,22 @@ import pandas as pd
 from ..config import Config, at_least, option
 from ..data import DATASETS, Dataset, load_dataset
 from ..errors import CincerError
+from ..fisher import DEFAULT_TRUNCATE, resolve_truncate
 from ..inspect import INSPECTORS
 from ..loop import CleaningLoop
 from ..metrics import precision_at_k, test_metrics
 from ..models import TrainConfig
-from .simulate import PRECISION_KS, RunConfig, draw_repeat, new_learner, on_device, run, write_results
+from ..select import SELECTORS
+from .simulate import (
+    PRECISION_KS,
+    RunConfig,
+    draw_repeat,
+    new_learner,
+    on_device,
+    run,
+    run_together,
+    write_results,
+)
 
 PAPER_FIM_SAMPLES = 30
 DAMPED_RELATIVE = 1.0  # top_fisher_damped: the FIM's damping, as a fraction of its mean eigenvalue
@@ -47,9 +58,13 @@ def default_known(dataset: str) -> int:
     return 500 if dataset in TEXT_DATASETS else 100
 
 # method name -> RunConfig fields that differ from the experiment's base configuration
+# (the reproduction's methods pin truncate=0: the paper's pseudo-inverse, whatever the product's default)
 METHODS: dict[str, dict] = {
-    "top_fisher": {"selector": "top_fisher", "fim_samples": None},  # exact top-layer FIM over all of D
-    "top_fisher_paper": {"selector": "top_fisher", "fim_samples": PAPER_FIM_SAMPLES},  # paper: 30, pinv
+    # the product's default ranking (#16): exact top-layer FIM over all of D, pseudo-inverse truncated at
+    # DEFAULT_TRUNCATE unless --set truncate=k (or a damping) says otherwise
+    "cincer": {"selector": "top_fisher", "fim_samples": None},
+    "top_fisher": {"selector": "top_fisher", "fim_samples": None, "truncate": 0.0},  # exact FIM, pinv
+    "top_fisher_paper": {"selector": "top_fisher", "fim_samples": PAPER_FIM_SAMPLES, "truncate": 0.0},  # paper: 30
     # exact FIM damped by its mean eigenvalue times DAMPED_RELATIVE (scale-free; docs/REPRODUCTION.md)
     "top_fisher_damped": {"selector": "top_fisher", "fim_samples": None, "relative_damping": DAMPED_RELATIVE},
     "full_fisher": {"selector": "full_fisher", "fim_samples": None},
@@ -58,16 +73,16 @@ METHODS: dict[str, dict] = {
     "nearest": {"selector": "nearest"},
     "random": {"selector": "random"},
     "none": {"selector": "none"},  # the paper's no_ce
-    "drop_ce": {"selector": "drop_ce", "fim_samples": None},  # drops CINCER's (exact-FIM) counter-example
+    "drop_ce": {"selector": "drop_ce", "fim_samples": None, "truncate": 0.0},  # drops the pinv's counter-example
     # clean-label upper bound: same protocol, no noise, never asks (a fresh draw of known set and stream)
     "upper_bound": {"selector": "none", "inspector": "never", "noise": 0.0},
 }
 
 QUESTIONS: dict[str, list[str]] = {
-    "q1": ["top_fisher", "top_fisher_paper", "none", "drop_ce", "upper_bound"],
-    "q2": ["top_fisher", "top_fisher_paper", "full_fisher", "practical_fisher", "influence", "nearest",
+    "q1": ["cincer", "top_fisher", "top_fisher_paper", "none", "drop_ce", "upper_bound"],
+    "q2": ["cincer", "top_fisher", "top_fisher_paper", "full_fisher", "practical_fisher", "influence", "nearest",
            "random"],
-    "q3": ["top_fisher", "top_fisher_paper", "practical_fisher", "nearest", "influence", "random",
+    "q3": ["cincer", "top_fisher", "top_fisher_paper", "practical_fisher", "nearest", "influence", "random",
            "upper_bound"],
 }
 
@@ -127,13 +142,18 @@ def method_config(exp: ExperimentConfig, method: str) -> RunConfig:
     for key, value in exp.overrides.items():
         if key not in base:
             raise CincerError(f"unknown RunConfig field {key!r} in overrides")
+        if key in METHODS[method] and METHODS[method][key] != value:  # never a silent no-op
+            raise CincerError(f"method {method} fixes {key}={METHODS[method][key]!r}; --set {key} applies to "
+                              "methods that do not: choose them with --methods")
         base[key] = {**base[key], **value} if isinstance(base[key], dict) else value
     base.update(METHODS[method])
     try:
-        config = RunConfig.from_dict(base)
+        config = RunConfig.from_dict(base).without_unused()  # an option applies to the methods that take it
     except TypeError as err:
         raise CincerError(f"bad overrides: {err}") from None
-    return config.without_unused()  # an experiment's option applies to the methods whose stages take it
+    if config.truncate is None and SELECTORS.accepts(config.selector, "truncate"):  # record the value used
+        config.truncate = resolve_truncate(None, config.damping, config.relative_damping)
+    return config
 
 
 # --------------------------------------------------------------------------- Q2: fixed-model ranking
@@ -233,6 +253,29 @@ def run_method(exp: ExperimentConfig, method: str, out: Path, *, force: bool = F
         trace, summary = run(config, progress=False, data=data, checkpoint=partial_folder(out, method),
                              device=device)
         summary = {"status": "ok", **summary}
+    return _finish_method(exp, method, out, config, trace, summary)
+
+
+def run_methods_together(exp: ExperimentConfig, methods: list[str], out: Path, *, force: bool = False,
+                         data: Dataset | None = None, device: str | None = None) -> dict[str, str]:
+    """Several loop methods of ``exp`` (Q1, Q3) with every repeat of every method in one lockstep, their
+    models trained as one batched model (:func:`cincer.experiments.simulate.run_together`; their
+    configurations must be ``batched``); each method's results as :func:`run_method` writes them."""
+    out = Path(out)
+    todo = [m for m in methods if force or not method_done(out, m)]
+    for method in todo if force else []:
+        shutil.rmtree(partial_folder(out, method), ignore_errors=True)
+    configs = [method_config(exp, m) for m in todo]
+    results = run_together(configs, progress=False, data=data, checkpoints=[partial_folder(out, m) for m in todo],
+                           device=device) if todo else []
+    status = dict.fromkeys(methods, "skipped")
+    for method, config, (trace, summary) in zip(todo, configs, results):
+        status[method] = _finish_method(exp, method, out, config, trace, {"status": "ok", **summary})
+    return status
+
+
+def _finish_method(exp: ExperimentConfig, method: str, out: Path, config: RunConfig, trace: pd.DataFrame,
+                   summary: dict) -> str:
     summary = {"method": method, "question": exp.question, **summary}
     write_atomically(out, method, config, trace, summary)
     shutil.rmtree(partial_folder(out, method), ignore_errors=True)
@@ -281,12 +324,15 @@ def write_experiment(out: Path, exp: ExperimentConfig, *, force: bool = False) -
             "methods": {m: dataclasses.asdict(method_config(exp, m)) for m in exp.methods or []},
             "notes": {"upper_bound": "same protocol with noise 0 and the 'never' inspector (clean labels, "
                                      "no queries); its known set and stream are drawn afresh from the same seed",
+                      "cincer": f"the product's default: top-layer FIM over all known examples (exact), "
+                                f"pseudo-inverse without the eigendirections below {DEFAULT_TRUNCATE:g} x its "
+                                "mean eigenvalue",
                       "top_fisher": "top-layer FIM over all known examples (exact), pseudo-inverse",
                       "top_fisher_paper": f"top-layer FIM over {PAPER_FIM_SAMPLES} random known examples, "
                                           "pseudo-inverse (the paper's reference code)",
                       "top_fisher_damped": f"top-layer FIM over all known examples plus {DAMPED_RELATIVE:g} x its "
                                            "mean eigenvalue times I",
-                      "drop_ce": "CINCER's counter-example from the exact top-layer FIM",
+                      "drop_ce": "CINCER's counter-example from the exact top-layer FIM, pseudo-inverse",
                       "q2": "model trained once per repeat on the noisy known set; stream labels clean; "
                             "queries = stream examples the model gets wrong"}}
     tmp = out / f".experiment.json.tmp-{os.getpid()}"

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..api import Cleaner, counterexamples
 from ..data import flip_labels, load_dataset
+from ..fisher import DEFAULT_TRUNCATE
 from ..models import TrainConfig
 from ..select import top_fisher_ranking
 
@@ -89,7 +90,8 @@ def _uncached_query(cleaner: Cleaner) -> float:
     prediction = int(np.argmax(cleaner.learner_.predict_proba(loop.X[[index]])[0]))
     candidates = loop.context(index, prediction).candidates
     start = time.perf_counter()
-    top_fisher_ranking(cleaner.learner_, loop.X, loop.labels, index, candidates, np.asarray(loop.known))
+    top_fisher_ranking(cleaner.learner_, loop.X, loop.labels, index, candidates, np.asarray(loop.known),
+                       truncate=DEFAULT_TRUNCATE)  # as the cleaner's default
     return time.perf_counter() - start
 
 

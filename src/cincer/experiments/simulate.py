@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..errors import CincerError
 from ..learners import Learner
 from ..loop import OracleAnnotator
 from ..metrics import precision_at_k, test_metrics
+from ..models.batched import Lockstep
 from ..progress import Progress
 
 PRECISION_KS = (5, 10, 25)
@@ -60,6 +62,14 @@ class RunConfig(SimulationConfig):
                           "last layer on cached features; a full retrain every --full-every rounds)",
                           check=one_of("full", "head"))
     full_every: int = option(10, "with --retrain head: rounds between full retrains", check=at_least(1))
+    batched: bool = option(False, "train the repeats (in cincer experiment: and the methods) together as one "
+                           "batched model: the same draws, batch orders and dropout masks, results equal to float "
+                           "tolerance, several times faster for small networks; timing columns then cover them all")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.batched and self.train.warm_start:
+            raise CincerError("--batched retrains from the initial weights: it excludes --warm-start")
 
     def check_fits(self, data: Dataset) -> None:
         if self.known + self.rounds > len(data.y_train):
@@ -119,19 +129,20 @@ def on_device(draw: Draw, device: str | torch.device | None) -> Draw:
     return dataclasses.replace(draw, X=draw.X.to(device), X_test=draw.X_test.to(device))
 
 
-def new_learner(config: CleaningConfig, data: Dataset, draw: Draw) -> Learner:
+def new_learner(config: CleaningConfig, data: Dataset, draw: Draw, train_fn: Callable | None = None) -> Learner:
     """A fresh model of ``config.model`` for this repeat (same seed, same initial weights, any device)."""
     return config.new_learner(data.X_train.shape[1:], data.n_classes, seed=draw.seed, dtype=draw.X.dtype,
-                              device=draw.X.device)
+                              device=draw.X.device, train_fn=train_fn)
 
 
 def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: Progress | None = None,
-               device: str | torch.device | None = None) -> list[dict]:
+               device: str | torch.device | None = None, train_fn: Callable | None = None) -> list[dict]:
     """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round.
-    ``device`` (e.g. ``"cuda"``) is where the model trains and the pool lives; the draws do not depend on it."""
+    ``device`` (e.g. ``"cuda"``) is where the model trains and the pool lives; the draws do not depend on it.
+    ``train_fn``: how the model trains (default :func:`cincer.models.train`; see :func:`run_together`)."""
     draw = on_device(draw_repeat(config, data, repeat), device)
     X, X_test, noisy, clean = draw.X, draw.X_test, draw.noisy, data.y_train
-    learner = new_learner(config, data, draw)
+    learner = new_learner(config, data, draw, train_fn)
     loop = config.new_loop(learner, X, noisy, draw.known, draw.rng)
     oracle = OracleAnnotator(clean)
     start = time.perf_counter()
@@ -206,30 +217,67 @@ def run(config: RunConfig, *, progress: bool = True, data: Dataset | None = None
     same configuration resumes after the last one: a repeat depends only on ``seed + repeat``, so
     the resumed trace equals an uninterrupted one (timing columns aside). ``seconds`` in the
     summary counts the compute of every repeat, resumed or not. ``device``: see :func:`run_repeat`."""
-    config.validate()
-    data = data or load_dataset(config.dataset, seed=config.seed)
-    config.check_fits(data)
-    rows: list[dict] = []
-    seconds = 0.0
-    with Progress(config.repeats * config.rounds, f"{config.dataset}/{config.model}/{config.selector}",
+    return run_together([config], progress=progress, data=data, checkpoints=[checkpoint], device=device)[0]
+
+
+def run_together(configs: list[RunConfig], *, progress: bool = True, data: Dataset | None = None,
+                 checkpoints: list[Path | None] | None = None,
+                 device: str | torch.device | None = None) -> list[tuple[pd.DataFrame, dict]]:
+    """Several runs on one data set (e.g. the methods of an experiment), each as :func:`run` would give it.
+    When every configuration is ``batched``, all their unfinished repeats advance in lockstep and the models
+    train together (:class:`cincer.models.batched.Lockstep`), each repeat credited an equal share of the
+    time; otherwise the runs go one after another."""
+    checkpoints = checkpoints or [None] * len(configs)
+    for config in configs:
+        config.validate()
+    data = data or load_dataset(configs[0].dataset, seed=configs[0].seed)
+    if any((c.dataset, c.seed) != (configs[0].dataset, configs[0].seed) for c in configs):
+        raise CincerError("runs together must share the data set and seed (one split of the data)")
+    for config in configs:
+        config.check_fits(data)
+    label = "/".join(dict.fromkeys(c.selector for c in configs))
+    with Progress(sum(c.repeats * c.rounds for c in configs), f"{data.name}/{configs[0].model}/{label}",
                   unit="round", disable=not progress, delay=0) as bar:
-        for repeat in range(config.repeats):
-            saved = load_repeat(checkpoint, config, repeat) if checkpoint is not None else None
-            if saved is None:
-                saved = compute_repeat(config, data, repeat, progress=bar, device=device, checkpoint=checkpoint)
-            else:
-                bar.update(config.rounds)
-            rows += saved["rows"]
-            seconds += saved["seconds"]
-    trace = pd.DataFrame(rows)
-    return trace, summarize(trace, seconds=seconds)
+        saved: list[dict[int, dict]] = []
+        for config, checkpoint in zip(configs, checkpoints):
+            resumed = {r: load_repeat(checkpoint, config, r) if checkpoint is not None else None
+                       for r in range(config.repeats)}
+            saved.append({r: s for r, s in resumed.items() if s is not None})
+            bar.update(config.rounds * len(saved[-1]))
+        todo = [(k, r) for k, config in enumerate(configs) for r in range(config.repeats) if r not in saved[k]]
+
+        def job(k: int, repeat: int, checkpoint: Path | None) -> Callable[[Callable | None], dict]:
+            return lambda train_fn: compute_repeat(configs[k], data, repeat, progress=bar, device=device,
+                                                   checkpoint=checkpoint, train_fn=train_fn)
+        if len(todo) > 1 and all(c.batched for c in configs):
+            if any((c.model, c.train, c.bits) != (configs[0].model, configs[0].train, configs[0].bits)
+                   for c in configs):
+                raise CincerError("batched runs together must share the model, its training and --bits")
+            start = time.perf_counter()
+            # each repeat is saved as it finishes (with its own wall time), then again with its share
+            done = Lockstep(configs[0].train).run([job(k, r, checkpoints[k]) for k, r in todo])
+            share = (time.perf_counter() - start) / len(todo)
+            for (k, repeat), result in zip(todo, done):
+                result["seconds"] = share
+                if checkpoints[k] is not None:
+                    save_repeat(checkpoints[k], configs[k], repeat, result)  # type: ignore[arg-type]
+                saved[k][repeat] = result
+        else:
+            for k, repeat in todo:
+                saved[k][repeat] = job(k, repeat, checkpoints[k])(None)
+    results = []
+    for config, repeats in zip(configs, saved):
+        trace = pd.DataFrame([row for r in range(config.repeats) for row in repeats[r]["rows"]])
+        results.append((trace, summarize(trace, seconds=sum(s["seconds"] for s in repeats.values()))))
+    return results
 
 
 def compute_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: Progress | None = None,
-                   device: str | torch.device | None = None, checkpoint: Path | None = None) -> dict:
+                   device: str | torch.device | None = None, checkpoint: Path | None = None,
+                   train_fn: Callable | None = None) -> dict:
     """One repeat timed (``rows``, ``seconds``, ``device``), saved to ``checkpoint`` when given."""
     start = time.perf_counter()
-    rows = run_repeat(config, data, repeat, progress=progress, device=device)
+    rows = run_repeat(config, data, repeat, progress=progress, device=device, train_fn=train_fn)
     saved = {"rows": rows, "seconds": time.perf_counter() - start, "device": str(device or "cpu")}
     if checkpoint is not None:
         save_repeat(checkpoint, config, repeat, saved)

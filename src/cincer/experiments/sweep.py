@@ -41,6 +41,7 @@ from .protocols import (
     method_done,
     replace_folder,
     run_method,
+    run_methods_together,
     temporary_folder,
     write_experiment,
 )
@@ -76,6 +77,27 @@ def run_task(task: Task) -> dict:
     status = run_method(task.exp, task.method, task.out, force=task.force, device=task.device)
     return {"experiment": task.exp.label, "method": task.method, "status": status,
             "seconds": time.perf_counter() - start}
+
+
+def run_together_task(tasks: list[Task], *, log=print) -> list[dict]:
+    """The loop methods of one experiment in this process, their repeats in one lockstep (``batched``)."""
+    first = tasks[0]
+    if first.threads:
+        import torch
+        torch.set_num_threads(first.threads)
+    resolve_device(first.device)
+    start = time.perf_counter()
+    try:
+        status = run_methods_together(first.exp, [t.method for t in tasks], first.out, force=first.force,
+                                      device=first.device)
+    except Exception as err:  # reported like a failed method run: finished repeats are kept
+        status = {t.method: f"failed: {type(err).__name__}: {err}".splitlines()[0] for t in tasks}
+    seconds = time.perf_counter() - start
+    records = [{"experiment": first.exp.label, "method": t.method, "status": status[t.method],
+                "seconds": seconds} for t in tasks]
+    for record in records:
+        log(f"{record['experiment']} {record['method']}: {record['status']} (together, {seconds:.0f} s)")
+    return records
 
 
 def copy_method(src: Path, dst: Path, method: str) -> None:
@@ -150,7 +172,11 @@ def run_experiment(exp: ExperimentConfig, out: Path, *, force: bool = False, job
     out = Path(out)
     tasks = [Task(exp, m, out, force, threads, device) for m in exp.methods or []]
     merged = write_experiment(out, exp, force=force)
-    records = run_tasks(tasks, jobs=jobs, log=log)
+    if jobs == 1 and len(tasks) > 1 and exp.question != "q2" and all(
+            method_config(exp, m).batched for m in exp.methods or []):
+        records = run_together_task(tasks, log=log)  # one lockstep for every method's repeats
+    else:
+        records = run_tasks(tasks, jobs=jobs, log=log)
     frame = collect_summary(out, merged)
     raise_failures(records)
     return frame
