@@ -67,13 +67,19 @@ class Task:
                                  default=str)
 
 
-def run_task(task: Task) -> dict:
-    """Worker entry point (must stay importable at module level for processes and Dask)."""
+def _set_up_worker(task: Task) -> None:
+    """The task's torch threads, and its device checked where it runs (maybe another machine; this sets its
+    float32 mode)."""
     if task.threads:
         import torch
         torch.set_num_threads(task.threads)
+    resolve_device(task.device)
+
+
+def run_task(task: Task) -> dict:
+    """Worker entry point (must stay importable at module level for processes and Dask)."""
+    _set_up_worker(task)
     start = time.perf_counter()
-    resolve_device(task.device)  # checked in the worker, which may be another machine; sets its float32 mode
     status = run_method(task.exp, task.method, task.out, force=task.force, device=task.device)
     return {"experiment": task.exp.label, "method": task.method, "status": status,
             "seconds": time.perf_counter() - start}
@@ -82,10 +88,7 @@ def run_task(task: Task) -> dict:
 def run_together_task(tasks: list[Task], *, log=print) -> list[dict]:
     """The loop methods of one experiment in this process, their repeats in one lockstep (``batched``)."""
     first = tasks[0]
-    if first.threads:
-        import torch
-        torch.set_num_threads(first.threads)
-    resolve_device(first.device)
+    _set_up_worker(first)
     start = time.perf_counter()
     try:
         status = run_methods_together(first.exp, [t.method for t in tasks], first.out, force=first.force,
