@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.optim.adam import adam
 
 from ..errors import CincerError
 from .train import TrainConfig, batch_bounds, has_batchnorm
@@ -94,30 +95,35 @@ def train_together(members: Sequence[Member], config: TrainConfig) -> None:
     for i, m in enumerate(members):
         X[i, :len(m.y)], y[i, :len(m.y)] = m.X, m.y.to(device)
     rows = torch.arange(M, device=device)[:, None]
+    sizes = torch.zeros((M, steps), dtype=dtype)
+    for i, b in enumerate(bounds):
+        sizes[i, :len(b)] = torch.tensor([end - start for start, end in b], dtype=dtype)
+    active = (sizes > 0).to(device)
+    real = torch.arange(width) < sizes[..., None]  # padding rows weigh nothing
+    weight = (real.to(dtype) / sizes.clamp_min(1)[..., None]).to(device)
+    # each epoch's dropout masks, drawn in place; a member's slots are in the order cincer.models.train draws
+    # them (each step's masks in forward order; nn.Dropout draws nothing for p = 0 or 1)
+    keep = {name: torch.full((M, steps, width, *shape), float(p < 1), dtype=dtype) for name, (shape, p) in dropouts}
+    slots = [[(keep[name][i, step, :end - start], 1 - p) for step, (start, end) in enumerate(b)
+              for name, (_, p) in dropouts if 0 < p < 1] for i, b in enumerate(bounds)]
     for _ in range(config.epochs):
-        # the epoch's batches (row indices, padded) and dropout masks, drawn member by member in the order
-        # cincer.models.train draws them: the permutation, then each step's masks in forward order
-        index = torch.zeros((M, steps, width), dtype=torch.long)
-        sizes = torch.zeros((M, steps), dtype=dtype)
-        drop = {name: torch.ones((M, steps, width, *shape), dtype=dtype) for name, (shape, _) in dropouts}
-        for i, (m, b) in enumerate(zip(members, bounds)):
-            perm = torch.randperm(len(m.y), generator=orders[i])
-            for step, (start, end) in enumerate(b):
-                index[i, step, :end - start], sizes[i, step] = perm[start:end], end - start
-                for name, (shape, p) in dropouts:
-                    drop[name][i, step, :end - start] = _dropout_mask((end - start, *shape), p, dtype, masks[i])
-        index, sizes = index.to(device), sizes.to(device)
-        real = torch.arange(width, device=device) < sizes[..., None]  # padding rows weigh nothing
-        weight = real.to(dtype) / sizes.clamp_min(1)[..., None]
-        drop = {k: v.to(device) for k, v in drop.items()}
+        # the epoch's batches: a member's batches are consecutive slices of its permutation (drawn first, as
+        # cincer.models.train draws it), so the permutation fills its padded rows
+        index = torch.zeros((M, steps * width), dtype=torch.long)
+        for i, m in enumerate(members):
+            index[i, :len(m.y)] = torch.randperm(len(m.y), generator=orders[i])
+            for slot, p_keep in slots[i]:
+                slot.bernoulli_(p_keep, generator=masks[i])
+        batches = index.view(M, steps, width).to(device)
+        drop = {name: (keep[name] / (1 - p) if p < 1 else keep[name]).to(device) for name, (_, p) in dropouts}
         for step in range(steps):
-            batch = index[:, step]
+            batch = batches[:, step]
             logits = forward(params, X[rows, batch], {k: v[:, step] for k, v in drop.items()})
             losses = nn.functional.cross_entropy(logits.flatten(0, 1), y[rows, batch].flatten(), reduction="none")
             for p in params.values():
                 p.grad = None
             (losses.view(M, width) * weight[:, step]).sum().backward()  # each member's mean loss over its batch
-            adam.step({k: p.grad for k, p in params.items()}, sizes[:, step] > 0)
+            adam.step({k: p.grad for k, p in params.items()}, active[:, step])
     with torch.no_grad():
         for i, m in enumerate(members):
             for name, w in m.model.named_parameters():
@@ -225,18 +231,10 @@ def _dropout_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[
     return seen
 
 
-def _dropout_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
-    """``nn.Dropout``'s scaled mask, drawn as PyTorch draws it on the CPU (so a seed gives the same masks)."""
-    if p == 0:
-        return torch.ones(shape, dtype=dtype)
-    if p == 1:
-        return torch.zeros(shape, dtype=dtype)
-    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p, generator=generator).div_(1 - p)
-
-
 class _StackedAdam:
     """Adam on stacked parameters (member first), with a step count per member: a member inactive at a
-    step keeps its parameters and moments. The update is torch.optim.Adam's, term for term."""
+    step keeps its parameters and moments. The update is torch.optim.Adam's: its fused kernel when every
+    member steps (equal to the step-by-step update to rounding), term for term otherwise."""
 
     def __init__(self, params: dict[str, torch.Tensor], n: int, lr: float) -> None:
         self.params, self.lr = params, lr
@@ -248,22 +246,20 @@ class _StackedAdam:
     def step(self, grads: dict[str, torch.Tensor | None], active: torch.Tensor) -> None:
         beta1, beta2 = BETAS
         self.steps += active.to(self.steps.device, self.steps.dtype)
-        if bool(active.all()) and bool((self.steps == self.steps[0]).all()):  # the usual case: in place
-            step = float(self.steps[0])
-            step_size, bias2_sqrt = self.lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5
-            for name, p in self.params.items():
-                g = _gradient(grads[name], p)
-                self.exp_avg[name].lerp_(g, 1 - beta1)
-                self.exp_avg_sq[name].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                p.addcdiv_(self.exp_avg[name], (self.exp_avg_sq[name].sqrt() / bias2_sqrt).add_(EPS),
-                           value=-step_size)
+        grads_or_zeros = {name: _gradient(grads[name], p) for name, p in self.params.items()}
+        if bool(active.all()) and bool((self.steps == self.steps[0]).all()):  # the usual case: one fused kernel
+            state_steps = [p.new_full((), float(self.steps[0]) - 1, dtype=torch.float32)  # adam adds the step
+                           for p in self.params.values()]
+            adam(list(self.params.values()), list(grads_or_zeros.values()), list(self.exp_avg.values()),
+                 list(self.exp_avg_sq.values()), [], state_steps, fused=True, amsgrad=False, beta1=beta1,
+                 beta2=beta2, lr=self.lr, weight_decay=0.0, eps=EPS, maximize=False)
             return
         steps = self.steps.clamp_min(1)
         bias1, bias2 = 1 - beta1 ** steps, 1 - beta2 ** steps
         for name, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             on = active.reshape(shape)
-            g = _gradient(grads[name], p)
+            g = grads_or_zeros[name]
             exp_avg = torch.where(on, self.exp_avg[name].lerp(g, 1 - beta1), self.exp_avg[name])
             exp_avg_sq = torch.where(on, (self.exp_avg_sq[name] * beta2).addcmul_(g, g, value=1 - beta2),
                                      self.exp_avg_sq[name])
