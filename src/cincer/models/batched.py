@@ -80,7 +80,7 @@ def train_together(members: Sequence[Member], config: TrainConfig) -> None:
     dropouts = _dropout_layers(first, members[0].X[:1])
     params = {k: v.detach().requires_grad_() for k, v in stack_module_state([m.model for m in members])[0].items()}
     forward = stacked_forward(first, params) or vmapped_forward(first, [m.model for m in members], dropouts)
-    adam = _StackedAdam(params, M, config.lr)
+    optimizer = _StackedAdam(params, M, config.lr)
     orders = [torch.Generator().manual_seed(m.seed) for m in members]  # as cincer.models.train draws them
     masks = [torch.Generator().manual_seed(m.seed) for m in members]
     bounds = [batch_bounds(len(m.y), config.batch_size) for m in members]
@@ -123,7 +123,7 @@ def train_together(members: Sequence[Member], config: TrainConfig) -> None:
             for p in params.values():
                 p.grad = None
             (losses.view(M, width) * weight[:, step]).sum().backward()  # each member's mean loss over its batch
-            adam.step({k: p.grad for k, p in params.items()}, active[:, step])
+            optimizer.step({k: p.grad for k, p in params.items()}, active[:, step])
     with torch.no_grad():
         for i, m in enumerate(members):
             for name, w in m.model.named_parameters():
