@@ -132,6 +132,25 @@ def test_a_batched_run_equals_the_unbatched_one_and_a_repeat_alone():
         run_together([RunConfig(**base, batched=True), RunConfig(**{**base, "model": "logreg"}, batched=True)])
 
 
+def test_repeats_in_lockstep_share_one_copy_of_the_data(monkeypatch):
+    """Float32 data run in float64: each repeat alone converts it, the repeats of a lockstep (which live at
+    the same time) share one converted copy (at 60k images, 376 MB per repeat otherwise)."""
+    import dataclasses
+
+    import cincer.experiments.simulate as simulate
+    from cincer.data import load_dataset
+    data = load_dataset("breast", seed=0)
+    data = dataclasses.replace(data, X_train=data.X_train.astype(np.float32), X_test=data.X_test.astype(np.float32))
+    pools, new_learner = [], simulate.new_learner
+    monkeypatch.setattr(simulate, "new_learner", lambda config, data, draw, *a: pools.append(draw.X)
+                        or new_learner(config, data, draw, *a))
+    base = dict(dataset="breast", model="fullnet", repeats=3, rounds=2, known=30, train=TrainConfig(epochs=2))
+    run_together([RunConfig(**base, batched=True)], progress=False, data=data)
+    assert len(pools) == 3 and all(X is pools[0] for X in pools)
+    pools.clear()
+    run_together([RunConfig(**base)], progress=False, data=data)
+    assert len(pools) == 3 and len({id(X) for X in pools}) == 3  # one after another: each converts its own
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_together_on_a_gpu_equals_the_cpu():
     """One process for many members on a GPU: the masks and batch orders are drawn on the CPU, so the weights

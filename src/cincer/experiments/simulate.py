@@ -90,10 +90,20 @@ class Draw:
     stream: np.ndarray
 
 
-def draw_repeat(config: SimulationConfig, data: Dataset, repeat: int) -> Draw:
+Pool = tuple[torch.Tensor, torch.Tensor]
+
+
+def pool_tensors(data: Dataset, dtype: torch.dtype) -> Pool:
+    """The data set's train and test arrays as tensors of ``dtype`` (a copy when the arrays' type differs:
+    376 MB for 60k MNIST images in float64, so repeats that run side by side share one)."""
+    return torch.as_tensor(data.X_train, dtype=dtype), torch.as_tensor(data.X_test, dtype=dtype)
+
+
+def draw_repeat(config: SimulationConfig, data: Dataset, repeat: int, pool: Pool | None = None) -> Draw:
     """Everything random in a repeat, from ``config.seed + repeat``: the noisy labels (the margin kinds rank
     the examples by :func:`clean_margins`, a model trained from the same seed), then (when the configuration
-    has ``known`` or ``rounds``) the initial known set and the stream."""
+    has ``known`` or ``rounds``) the initial known set and the stream. ``pool``: the data's tensors
+    (:func:`pool_tensors`), when several repeats share one copy."""
     seed = config.seed + repeat
     rng = np.random.default_rng(seed)
     dtype = config.dtype
@@ -103,8 +113,8 @@ def draw_repeat(config: SimulationConfig, data: Dataset, repeat: int) -> Draw:
     noisy = flip_labels(data.y_train, config.noise, data.n_classes, kind=kind, rng=rng, X=X, margins=margins)
     known, rounds = getattr(config, "known", 0), getattr(config, "rounds", 0)
     order = rng.permutation(len(noisy)) if known or rounds else np.arange(len(noisy))
-    return Draw(seed, rng, torch.as_tensor(data.X_train, dtype=dtype), torch.as_tensor(data.X_test, dtype=dtype),
-                noisy, order[:known], order[known:known + rounds])
+    X_train, X_test = pool or pool_tensors(data, dtype)
+    return Draw(seed, rng, X_train, X_test, noisy, order[:known], order[known:known + rounds])
 
 
 MARGIN_EPOCHS = 10  # the original code's: the margin noise kinds rank by a model trained this long
@@ -136,11 +146,13 @@ def new_learner(config: CleaningConfig, data: Dataset, draw: Draw, train_fn: Cal
 
 
 def run_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: Progress | None = None,
-               device: str | torch.device | None = None, train_fn: Callable | None = None) -> list[dict]:
+               device: str | torch.device | None = None, train_fn: Callable | None = None,
+               pool: Pool | None = None) -> list[dict]:
     """One repeat: noise, initial known set and stream drawn from ``seed + repeat``; one row per round.
     ``device`` (e.g. ``"cuda"``) is where the model trains and the pool lives; the draws do not depend on it.
-    ``train_fn``: how the model trains (default :func:`cincer.models.train`; see :func:`run_together`)."""
-    draw = on_device(draw_repeat(config, data, repeat), device)
+    ``train_fn``: how the model trains (default :func:`cincer.models.train`; see :func:`run_together`);
+    ``pool``: as :func:`draw_repeat` takes it."""
+    draw = on_device(draw_repeat(config, data, repeat, pool), device)
     X, X_test, noisy, clean = draw.X, draw.X_test, draw.noisy, data.y_train
     learner = new_learner(config, data, draw, train_fn)
     loop = config.new_loop(learner, X, noisy, draw.known, draw.rng)
@@ -246,16 +258,19 @@ def run_together(configs: list[RunConfig], *, progress: bool = True, data: Datas
             bar.update(config.rounds * len(saved[-1]))
         todo = [(k, r) for k, config in enumerate(configs) for r in range(config.repeats) if r not in saved[k]]
 
-        def job(k: int, repeat: int, checkpoint: Path | None) -> Callable[[Callable | None], dict]:
+        def job(k: int, repeat: int, checkpoint: Path | None, pool: Pool | None = None) -> Callable[..., dict]:
             return lambda train_fn: compute_repeat(configs[k], data, repeat, progress=bar, device=device,
-                                                   checkpoint=checkpoint, train_fn=train_fn)
+                                                   checkpoint=checkpoint, train_fn=train_fn, pool=pool)
         if len(todo) > 1 and all(c.batched for c in configs):
             if any((c.model, c.train, c.bits) != (configs[0].model, configs[0].train, configs[0].bits)
                    for c in configs):
                 raise CincerError("batched runs together must share the model, its training and --bits")
             start = time.perf_counter()
             # each repeat is saved as it finishes (with its own wall time), then again with its share
-            done = Lockstep(configs[0].train).run([job(k, r, checkpoints[k]) for k, r in todo])
+            # the repeats run side by side: one copy of the data's tensors (on the device) serves them all
+            X_train, X_test = pool_tensors(data, configs[0].dtype)
+            pool = (X_train, X_test) if device is None else (X_train.to(device), X_test.to(device))
+            done = Lockstep(configs[0].train).run([job(k, r, checkpoints[k], pool) for k, r in todo])
             share = (time.perf_counter() - start) / len(todo)
             for (k, repeat), result in zip(todo, done):
                 result["seconds"] = share
@@ -274,10 +289,10 @@ def run_together(configs: list[RunConfig], *, progress: bool = True, data: Datas
 
 def compute_repeat(config: RunConfig, data: Dataset, repeat: int, *, progress: Progress | None = None,
                    device: str | torch.device | None = None, checkpoint: Path | None = None,
-                   train_fn: Callable | None = None) -> dict:
+                   train_fn: Callable | None = None, pool: Pool | None = None) -> dict:
     """One repeat timed (``rows``, ``seconds``, ``device``), saved to ``checkpoint`` when given."""
     start = time.perf_counter()
-    rows = run_repeat(config, data, repeat, progress=progress, device=device, train_fn=train_fn)
+    rows = run_repeat(config, data, repeat, progress=progress, device=device, train_fn=train_fn, pool=pool)
     saved = {"rows": rows, "seconds": time.perf_counter() - start, "device": str(device or "cpu")}
     if checkpoint is not None:
         save_repeat(checkpoint, config, repeat, saved)
