@@ -410,15 +410,15 @@ class KroneckerFisherSolver:
         else:
             scale = g_vals.clamp_min(0)[:, None] * s_vals.clamp_min(0)[None, :]
         progress.close()
+        trace = float(scale.sum())
         span = max(min((C - 1) * A, n * (C - 1)), 1)  # the directions that hold F's range and the data can span
-        mean = float(scale.sum()) / span
         if relative_damping > 0:  # the mean over the (C-1) A directions that hold F's range
-            damping = relative_damping * float(scale.sum()) / max((C - 1) * A, 1)
+            damping = relative_damping * trace / max((C - 1) * A, 1)
         self.damping = damping
         if damping > 0:
             self.inv_scale = 1.0 / (scale + damping)
         else:
-            keep = (scale > rtol * scale.max()) & (scale >= truncate * mean)
+            keep = (scale > rtol * scale.max()) & (scale >= truncate * trace / span)
             self.inv_scale = torch.where(keep, 1.0 / torch.where(keep, scale, 1.0), 0.0)
         self.C, self.A, self.dtype = C, A, H.dtype
         self.method = "ekfac" if eigenvalue_corrected else "kfac"

@@ -265,11 +265,11 @@ def run_together(configs: list[RunConfig], *, progress: bool = True, data: Datas
             if any((c.model, c.train, c.bits) != (configs[0].model, configs[0].train, configs[0].bits)
                    for c in configs):
                 raise CincerError("batched runs together must share the model, its training and --bits")
-            start = time.perf_counter()
-            # each repeat is saved as it finishes (with its own wall time), then again with its share
             # the repeats run side by side: one copy of the data's tensors (on the device) serves them all
             X_train, X_test = pool_tensors(data, configs[0].dtype)
             pool = (X_train, X_test) if device is None else (X_train.to(device), X_test.to(device))
+            start = time.perf_counter()
+            # each repeat is saved as it finishes (with its own wall time), then again with its share
             done = Lockstep(configs[0].train).run([job(k, r, checkpoints[k], pool) for k, r in todo])
             share = (time.perf_counter() - start) / len(todo)
             for (k, repeat), result in zip(todo, done):
